@@ -1,0 +1,38 @@
+# lensray's set-up: every target creates/updates the virtual environment it needs, and is a
+# no-op re-install when pyproject.toml has not changed (the stamp file below).
+#   make demo   run the main job on the embedded default
+#   make test   run the test suite (what CI runs, via .ci/run)
+#   make bench  the predictor benchmark on the packaged recorded curves
+SHELL := bash
+.SHELLFLAGS := -o pipefail -ec
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 is a CPU build on this machine's disk; elsewhere point TORCH at the build you want
+# (e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu").
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.lensray-installed
+# pip prints one warning per missing local mirror folder; they are noise, not errors.
+QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" || true; }
+
+.PHONY: venv demo test bench clean
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip $(QUIET)
+	$(PY) -m pip install -q $(TORCH) $(QUIET)
+	$(PY) -m pip install -q -e '.[dev]' $(QUIET)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lensray bench curves
+
+bench: $(STAMP)
+	$(VENV)/bin/lensray bench curves --json out/bench-curves.json
+	$(VENV)/bin/lensray bench fit
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,5 @@
+"""`python -m lensray ...` is the same as the `lensray` console script."""
+
+from lensray.cli import main
+
+raise SystemExit(main())
