@@ -146,6 +146,14 @@ def _prepare(sizes, losses, names) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return x, y, names
 
 
+_FLAT_REASON = "loss has not fallen beyond noise over the observed sizes: the power phase is not visible yet"
+
+
+def _flat(y: np.ndarray, sigma2: float) -> np.ndarray:
+    """Curves whose first-to-last drop in log loss is within 3 noise s.d. of a difference."""
+    return np.log(y[:, 0] / y[:, -1]) < 3.0 * np.sqrt(2.0 * sigma2)
+
+
 def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: tuple[float, float]):
     """Quantiles of each row of `values` (m, G) under the row's `weights` (m, G)."""
     order = np.argsort(values, axis=1)
@@ -242,11 +250,16 @@ def fit_law(
     else:
         full_lds = np.broadcast_to(lds, log_post.shape).reshape(m, -1)
         top_mass = (post * (full_lds > np.log(x[-1]) + 0.9 * (log_t - np.log(x[-1])))).sum(1)
+    flat = _flat(y, sigma2)
     fits = []
     flat_ssr = ssr.reshape(m, -1)
     for i in range(m):
-        g = int(np.argmax(log_post.reshape(m, -1)[i]))
-        j, k = np.unravel_index(g, log_post.shape[1:])
+        if law == "lensllm":  # report the task's beta, and each candidate's D* given it
+            j = int(np.argmax(log_pb))
+            k = int(np.argmax(ll[i, j]))
+        else:
+            j, k = np.unravel_index(int(np.argmax(log_post[i])), log_post.shape[1:])
+        g = j * log_post.shape[2] + k
         a_ij = float(np.broadcast_to(a, log_post.shape)[i, j, k])
         e_ij = float(np.broadcast_to(e, log_post.shape)[i, j, k])
         beta = float(betas[j])
@@ -258,7 +271,9 @@ def fit_law(
                 params["F"] = params.pop("D_l")
         params["rmse_log"] = float(np.sqrt(flat_ssr[i, g] / n))
         ok, reason = True, ""
-        if top_mass[i] > 0.5:
+        if flat[i]:
+            ok, reason = False, _FLAT_REASON
+        elif top_mass[i] > 0.5:
             ok, reason = False, (
                 f"power phase not visible yet: the curve is still flat at D={int(x[-1])} "
                 f"({top_mass[i]:.0%} of the posterior puts its onset near the target)"
@@ -310,14 +325,17 @@ def fit_local(
         eps2 = max(float(np.mean(r**2)) - stat, 0.0) / d1**2
     sd = np.sqrt(sigma2 * (1.0 / k + delta**2 / s_xx) + eps2 * delta**2)
     z = float(norm.ppf(0.5 + cfg.level / 2.0))
+    flat = _flat(y, sigma2)
     fits = []
     for i in range(m):
         ok, reason = True, ""
-        if slope[i] > 0:
+        if slope[i] > 2.0 * np.sqrt(sigma2 / s_xx):  # rising by more than its noise
             ok, reason = False, (
                 f"loss rises with data over the last {k} sizes (slope {slope[i]:+.3f} in log-log): "
                 "diverging or over-fitting"
             )
+        elif flat[i]:
+            ok, reason = False, _FLAT_REASON
         fits.append(
             CurveFit(
                 names[i], "local", int(target), float(np.exp(pred[i])),

@@ -1,0 +1,139 @@
+"""Selection methods on the recorded curves: the paper's baselines reproduced, bad input refused."""
+
+import numpy as np
+import pytest
+
+from lensray.bench import GAMMAS, bench_curves, pearcorr, relacc
+from lensray.curves import CurveError, packaged_curves, read_curves
+from lensray.predict import METHODS, get_method, predict
+
+# Lin et al. 2024, as reproduced in shared/benchmarks/finetune-curves/README.md:
+# (PearCorr, RelAcc) per gamma 1/8 ... 1/512.
+PAPER = {
+    "flan": {
+        "AtS": [(90.9, 93.6), (73.1, 93.2), (65.5, 93.2), (61.1, 93.2), (52.2, 85.3), (50.5, 93.2), (45.6, 93.2)],
+        "SubTuning": [(60.9, 93.2), (46.5, 93.2), (36.4, 93.2), (29.0, 93.2), (24.6, 59.6), (20.9, 59.6), (16.4, 59.6)],
+        "ZeroShot": [(-10.7, 85.3)] * 7,
+        "ModelSize": [(-20.9, 59.6)] * 7,
+    },
+    "wmt19": {
+        "AtS": [(98.9, 99.1), (97.0, 99.1), (97.7, 99.6), (86.0, 99.1), (78.0, 99.1), (73.4, 99.1), (61.5, 99.1)],
+        "SubTuning": [(93.5, 99.1), (87.1, 99.1), (77.7, 99.1), (64.5, 99.1), (51.7, 99.1), (41.6, 99.1), (34.5, 99.1)],
+        "ZeroShot": [(7.1, 84.4)] * 7,
+        "ModelSize": [(36.0, 22.5)] * 7,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return bench_curves(packaged_curves())
+
+
+@pytest.mark.parametrize("dataset", ["flan", "wmt19"])
+@pytest.mark.parametrize("method", ["AtS", "SubTuning", "ZeroShot", "ModelSize"])
+def test_baselines_reproduce_the_paper_within_0_2(bench, dataset, method):
+    got = bench.scores[dataset][method]
+    for gamma, (pc, ra) in zip(GAMMAS, PAPER[dataset][method]):
+        cell = got[f"1/{gamma}"]
+        assert cell["pearcorr"] == pytest.approx(pc, abs=0.2), (method, gamma)
+        assert cell["relacc"] == pytest.approx(ra, abs=0.2), (method, gamma)
+
+
+@pytest.mark.parametrize("dataset", ["flan", "wmt19"])
+def test_default_predictor_never_selects_worse_than_ats(bench, dataset):
+    ours, ats = bench.scores[dataset]["lensray"], bench.scores[dataset]["AtS"]
+    for label in ours:
+        assert ours[label]["relacc"] >= ats[label]["relacc"], label
+
+
+def test_default_predictor_correlates_better_than_ats_on_average(bench):
+    gains = [
+        bench.scores[ds]["lensray"][g]["pearcorr"] - bench.scores[ds]["AtS"][g]["pearcorr"]
+        for ds in ("flan", "wmt19")
+        for g in bench.scores[ds]["AtS"]
+    ]
+    assert np.mean(gains) > 0
+
+
+def test_methods_only_look_up_to_the_budget():
+    curves = read_curves(packaged_curves()[0])
+    seen = curves.upto(3200)
+    poisoned = curves.losses.copy()
+    poisoned[:, curves.sizes > 3200] = 100.0  # anything a method peeks at beyond B would show
+    from dataclasses import replace
+
+    bad = replace(curves, losses=poisoned).upto(3200)
+    for name in METHODS:
+        a = predict(name, seen, int(curves.sizes[-1])).scores
+        b = predict(name, bad, int(curves.sizes[-1])).scores
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_metrics():
+    truth = np.array([1.0, 2.0, 3.0])
+    assert pearcorr(np.array([1.0, 2.0, 3.0]), truth) == pytest.approx(100.0)
+    assert pearcorr(np.ones(3), truth) is None
+    assert relacc(0, truth) == 100.0 and relacc(2, truth) == 0.0
+
+
+def write(tmp_path, text, name="mine.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+GOOD = "config name,0,200,400,800,1600,size\na,4,3,2.9,2.8,2.6,100\nb,5,3.5,3.2,2.9,2.5,200\n"
+
+
+def test_reads_a_user_csv_and_a_parquet(tmp_path):
+    c = read_curves(write(tmp_path, GOOD))
+    assert c.candidates == ["a", "b"] and c.sizes.tolist() == [200, 400, 800, 1600]
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    pq.write_table(pacsv.read_csv(tmp_path / "mine.csv"), tmp_path / "mine.parquet")
+    p = read_curves(tmp_path / "mine.parquet")
+    np.testing.assert_allclose(p.losses, c.losses)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("config name,size\na,1\n", "size column"),
+        ("config name,200,400\na,3,x\n", "row 2, column '400'.*not a number"),
+        ("config name,200,400\na,3,nan\n", "row 2, column '400'.*finite"),
+        ("config name,200,400\na,3,-1\n", "row 2, column '400'.*not positive"),
+        ("config name,200,400\na,3,2\na,3,2\n", "unique"),
+        ("config name,200,400\n", "no data rows"),
+    ],
+)
+def test_bad_curves_name_the_problem(tmp_path, text, message):
+    with pytest.raises(CurveError, match=message):
+        read_curves(write(tmp_path, text))
+
+
+def test_budget_below_the_smallest_size_is_refused(tmp_path):
+    with pytest.raises(CurveError, match="smaller than the smallest size 200"):
+        read_curves(write(tmp_path, GOOD)).upto(100)
+
+
+def test_fewer_points_than_a_law_needs_is_refused(tmp_path):
+    seen = read_curves(write(tmp_path, GOOD)).upto(400)
+    with pytest.raises(CurveError, match="RectifiedFit needs at least 5 sizes"):
+        predict("RectifiedFit", seen, 1600)
+    with pytest.raises(CurveError, match="lensray needs at least 3 sizes"):
+        predict("lensray", seen, 1600)
+
+
+def test_missing_optional_columns_are_named(tmp_path):
+    seen = read_curves(write(tmp_path, "config name,200,400,800\na,3,2.9,2.8\nb,3,2.8,2.7\n"))
+    with pytest.raises(CurveError, match="column '0'"):
+        predict("ZeroShot", seen, 800)
+    with pytest.raises(CurveError, match="column 'size'"):
+        predict("ModelSize", seen, 800)
+
+
+def test_unknown_method_suggests_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'AtS'"):
+        get_method("ATS")
