@@ -145,3 +145,80 @@ def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
         out.write_text(json.dumps(result.scores, indent=1) + "\n")
         print(f"\nwrote {out}")
     return 0
+
+
+def _replay_config(path: Path, budget: int, target: int, out: Path, **overrides):
+    from lensray.config import config_from_dict
+
+    raw = {
+        "name": f"{path.stem}-B{budget}",
+        "backend": "replay",
+        "replay": {"curves": str(path.resolve()), "sleep_s_per_pflop": overrides.pop("sleep", 0.0)},
+        "plan": {"start": 200, "budget": budget, "target": target},
+        "resources": {"cpus_per_worker": overrides.pop("cpus", 0.25)},
+        "output": str(out),
+    }
+    raw.update(overrides)
+    return config_from_dict(raw)
+
+
+def bench_select(paths: list[Path], out_dir: Path, sleep_s_per_pflop: float = 1e-3) -> dict:
+    """A real replay sweep through Tune per data set and budget; selection quality and cost."""
+    from lensray.driver import run_select
+
+    result: dict = {}
+    for path in paths:
+        curves = read_curves(path)
+        truth, target = curves.losses[:, -1], int(curves.sizes[-1])
+        result[curves.name] = {}
+        for label, budget in budgets(curves):
+            cfg = _replay_config(path, budget, target, out_dir, sleep=sleep_s_per_pflop)
+            sel = run_select(cfg, quiet=True)
+            index = {c: i for i, c in enumerate(curves.candidates)}
+            ranked = [e for e in sel.doc["ranking"] if e["predicted_loss"] is not None]
+            scores = np.array([e["predicted_loss"] for e in ranked])
+            cost = sel.doc["cost"]
+            result[curves.name][label] = {
+                "relacc": _round(relacc(index[sel.selected], truth)) if sel.selected else None,
+                "pearcorr": _round(pearcorr(scores, truth[[index[e["candidate"]] for e in ranked]])),
+                "cost_vs_ats": round(cost["fraction_of_all_probes"], 4),
+                "cost_vs_full": round(cost["fraction_of_full"], 6),
+            }
+            print(f"  {curves.name} {label}: {result[curves.name][label]}", flush=True)
+    return result
+
+
+def synthetic_curves(n: int, path: Path, seed: int = 0) -> Path:
+    """n candidates with rectified-law curves (random onset, slope, floor, size) as a curves CSV."""
+    from lensray.laws import rectified
+
+    rng = np.random.default_rng(seed)
+    sizes = [200 * 2**i for i in range(14)]
+    beta = rng.uniform(0.2, 0.6, n)
+    d_star = np.exp(rng.uniform(np.log(300), np.log(3e5), n))
+    amp, floor = rng.uniform(1.0, 3.0, n), rng.uniform(0.5, 1.5, n)
+    params = np.exp(rng.uniform(np.log(1e8), np.log(7e9), n))
+    lines = ["config name," + ",".join(map(str, [0, *sizes])) + ",size"]
+    for i in range(n):
+        d_l = d_star[i] ** beta[i]
+        losses = rectified(np.array([0, *sizes], float), amp[i] * d_l, d_l, beta[i], floor[i])
+        losses *= np.exp(rng.normal(0, 0.005, losses.size))
+        lines.append(f"synthetic-{i:05d}," + ",".join(f"{v:.5f}" for v in losses) + f",{params[i]:.0f}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def bench_scale(candidates: int, out_dir: Path) -> dict:
+    """A replay sweep over `candidates` synthetic curves at budget T/512: wall time and the
+    share of it spent in the scheduler's decisions."""
+    from lensray.driver import run_select
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = synthetic_curves(candidates, out_dir / f"synthetic-{candidates}.csv")
+    cfg = _replay_config(path, 3200, 1638400, out_dir, cpus=0.125)
+    sel = run_select(cfg, quiet=True)
+    return {
+        "candidates": candidates,
+        "wall_s": round(sel.doc["wall_s"], 2),
+        "scheduler_share": round(sel.doc["scheduler_s"] / sel.doc["wall_s"], 5),
+    }

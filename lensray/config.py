@@ -1,0 +1,288 @@
+"""Selection-job configuration: typed dataclasses, loaded from YAML and validated on load.
+
+    from lensray.config import load_config
+    cfg = load_config("configs/replay-flan.yaml")
+
+Every section is a dataclass whose fields carry a docstring (the reference for the YAML keys).
+Loading rejects unknown keys with the closest valid name, wrong types with the expected type,
+and inconsistent values (budget > target, an empty pool, duplicate names) with the field's
+dotted path and the fix. Paths in the YAML are relative to the YAML file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lensray.fit import FitConfig
+
+NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the field (dotted path) and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One pretrained model of the pool."""
+
+    name: str
+    """Candidate name: letters, digits and . _ + = - / (e.g. a hub id); no `..`, no leading `/`."""
+    path: str = ""
+    """Local folder with a saved transformers model, or a hub id (e.g. `gpt2`) on a machine that
+    can reach the hub. For the replay backend: the row name in the curves file (default: name)."""
+    trust_remote_code: bool = False
+    """Allow the model's own Python code to run when loading it (off unless you trust it)."""
+    n_params: int = 0
+    """Parameter count, when known in advance (the hf probe measures it)."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The candidates: models (crossed with sample designs where given)."""
+
+    models: list[ModelSpec] = field(default_factory=list)
+    """Models to choose from. For the replay backend, empty means every row of the curves file."""
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """The probe plan: nested subset sizes D_1 < D_2 < ... <= budget, predicting at target."""
+
+    sizes: list[int] = field(default_factory=list)
+    """Subset sizes to fine-tune on; empty means doubling from `start` up to `budget`."""
+    start: int = 200
+    """Smallest subset size when `sizes` is empty."""
+    budget: int = 3200
+    """Largest subset size a probe may fine-tune on (B)."""
+    target: int = 1638400
+    """Data size T whose fine-tuned loss is predicted and ranked."""
+
+    def __post_init__(self) -> None:
+        if self.start <= 0:
+            raise ConfigError(f"plan.start must be > 0, got {self.start}")
+        if self.budget > self.target:
+            raise ConfigError(
+                f"plan.budget ({self.budget}) is larger than plan.target ({self.target}); "
+                "the budget is what probes may spend, the target what is predicted: budget <= target"
+            )
+        if self.sizes and (sorted(set(self.sizes)) != list(self.sizes) or self.sizes[0] <= 0):
+            raise ConfigError(f"plan.sizes must be positive and strictly increasing, got {self.sizes}")
+        if self.sizes and self.sizes[-1] > self.budget:
+            raise ConfigError(f"plan.sizes go up to {self.sizes[-1]} > plan.budget {self.budget}; drop them or raise the budget")
+        if len(self.resolved_sizes()) < 2:
+            raise ConfigError(f"plan gives fewer than 2 sizes up to the budget {self.budget}; lower plan.start or raise plan.budget")
+
+    def resolved_sizes(self) -> list[int]:
+        """The subset sizes, in order."""
+        if self.sizes:
+            return list(self.sizes)
+        out, d = [], self.start
+        while d <= self.budget:
+            out.append(d)
+            d *= 2
+        return out
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one probe (one Tune trial) needs; sets trial resources and concurrency."""
+
+    workers: int = 1
+    """Ray Train workers per probe (data-parallel DeepSpeed ranks)."""
+    cpus_per_worker: float = 1.0
+    """CPUs per worker."""
+    gpus_per_worker: float = 0.0
+    """GPUs per worker (0 on a CPU machine; NCCL is used when > 0)."""
+    max_concurrent: int = 0
+    """Upper bound on probes running at once; 0 = as many as the cluster's resources allow."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"resources.workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"resources.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0 or self.max_concurrent < 0:
+            raise ConfigError("resources.gpus_per_worker and resources.max_concurrent must be >= 0")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Curve-fit early stopping (scheduler.py)."""
+
+    top_k: int = 1
+    """Keep at least this many candidates running to the budget; stop one only when, with the
+    fits' confidence, it cannot reach the top k at the target."""
+    level: float = 0.9
+    """Coverage of the intervals the stopping rule compares (higher = stops later, safer)."""
+    min_points: int = 3
+    """Never decide on fewer observed sizes than this."""
+    enabled: bool = True
+    """False runs every probe to the budget (the AtS-style reference cost)."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"scheduler.top_k must be >= 1, got {self.top_k}")
+        if not 0 < self.level < 1:
+            raise ConfigError(f"scheduler.level must be in (0, 1), got {self.level}; e.g. 0.9")
+        if self.min_points < 2:
+            raise ConfigError(f"scheduler.min_points must be >= 2, got {self.min_points}")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay backend: probes replay recorded curves instead of fine-tuning."""
+
+    curves: str = ""
+    """CSV or Parquet of recorded curves (schema in lensray/curves.py)."""
+    sleep_s_per_pflop: float = 0.0
+    """Seconds to sleep per PFLOP a replayed size would cost, to mimic real probe durations."""
+    tokens_per_example: int = 128
+    """Tokens per example used for the FLOPs of a replayed size (6 x params x tokens)."""
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """A selection job: `lensray select CONFIG`."""
+
+    name: str = "lensray"
+    """Experiment name (a folder under `output`)."""
+    backend: str = "replay"
+    """How probes are run: `hf` (real fine-tuning) or `replay` (recorded curves)."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """The candidates."""
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    """Subset sizes, budget and target."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    """Resources per probe."""
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Early stopping."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    """Curve fitting."""
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    """Replay backend settings."""
+    output: str = "out"
+    """Folder for the experiment state and the report files."""
+    ray_address: str = ""
+    """Ray cluster to join (`auto`, `ray://host:10001`, ...); empty = $RAY_ADDRESS, else a local Ray."""
+    seed: int = 0
+    """Seed for subsets and training."""
+
+    def __post_init__(self) -> None:
+        backends = ("hf", "replay")
+        if self.backend not in backends:
+            raise ConfigError(f"backend must be one of {', '.join(backends)}, got {self.backend!r}")
+        if not NAME_RE.match(self.name):
+            raise ConfigError(f"name {self.name!r} must match {NAME_RE.pattern} (it names a folder)")
+        names = [m.name for m in self.pool.models]
+        for i, n in enumerate(names):
+            if not NAME_RE.match(n):
+                raise ConfigError(
+                    f"pool.models[{i}].name {n!r} must match {NAME_RE.pattern}: it appears in output "
+                    "file names, so no spaces, no `..` and no leading `/` or dot"
+                )
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ConfigError(f"pool.models: candidate names must be unique, repeated: {dups}")
+        if self.backend == "hf" and not names:
+            raise ConfigError("pool.models is empty: list at least one model (name and path)")
+        if self.backend == "replay" and not self.replay.curves:
+            raise ConfigError("replay.curves is empty: the replay backend needs a curves CSV/Parquet")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to `tp`, raising ConfigError naming `where` on a mismatch."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return _from_dict(tp, value, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _build(args[0], value, where)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, str, bool) and type(value) is not tp:
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict, where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            prefix = f"{where}." if where else ""
+            raise ConfigError(f"unknown key {prefix}{key}.{hint} Valid keys: {', '.join(fields)}")
+    kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # __post_init__ of a section not defined here (e.g. FitConfig)
+        raise ConfigError(str(err)) from None
+
+
+def _model_entries(raw: dict) -> None:
+    """Allow `models: [name, ...]` as shorthand for `[{name: ..}, ...]`."""
+    models = (raw.get("pool") or {}).get("models")
+    if isinstance(models, list):
+        raw["pool"]["models"] = [{"name": m} if isinstance(m, str) else m for m in models]
+
+
+def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
+    """Build and validate a SelectConfig from a plain dict (paths resolved against base_dir)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    _model_entries(raw)
+    if base_dir is not None:
+        for section, key in (("replay", "curves"),):
+            sec = raw.get(section)
+            if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+                sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
+        if isinstance(raw.get("output"), str) and not Path(raw["output"]).is_absolute():
+            raw["output"] = str((Path.cwd() / raw["output"]).resolve())
+    return _from_dict(SelectConfig, raw, "")
+
+
+def load_config(path: str | Path) -> SelectConfig:
+    """Read a YAML config file and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return config_from_dict(raw, path.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain data (for the report and for shipping to trials)."""
+    return dataclasses.asdict(cfg)

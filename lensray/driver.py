@@ -1,0 +1,170 @@
+"""The driver: runs a selection sweep on Ray Tune and turns the fits into one Selection.
+
+    from lensray.config import load_config
+    from lensray.driver import run_select
+    selection = run_select(load_config("configs/replay-flan.yaml"))
+
+One Tune trial per Candidate (`trial.probe_trial`), early stopping by `CurveFitScheduler`,
+progress printed one line per decision. State lives in `<output>/<name>/`: the scheduler's
+side file `sweep.jsonl` is the record of every Observation, decision and status, so `resume`
+launches trials only for unfinished candidates, each skipping the sizes it already reported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from lensray.config import ConfigError, SelectConfig, to_dict
+from lensray.report import Selection, build_selection, write_report
+from lensray.scheduler import FAILED, FINISHED, STOPPED, CurveFitScheduler, read_state
+
+STATE_FILE = "sweep.jsonl"
+
+
+def experiment_dir(cfg: SelectConfig) -> Path:
+    return Path(cfg.output) / cfg.name
+
+
+def init_ray(cfg: SelectConfig) -> None:
+    """Join the configured cluster ($RAY_ADDRESS or ray_address), else start a local Ray
+    bound to 127.0.0.1 with no dashboard."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+
+
+def probe_resources(cfg: SelectConfig) -> dict[str, float]:
+    """Resources one trial reserves."""
+    if cfg.backend == "replay":
+        return {"CPU": cfg.resources.cpus_per_worker}
+    # An hf trial only drives a TorchTrainer, whose workers reserve their own CPUs/GPUs.
+    return {"CPU": 0}
+
+
+def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
+    """How many probes fit on the cluster at once, so trials never starve each other."""
+    import ray
+
+    total = ray.cluster_resources()
+    r = cfg.resources
+    if cfg.backend == "replay":
+        fit = int(total.get("CPU", 1) // r.cpus_per_worker)
+    else:
+        fit = int(total.get("CPU", 1) // (r.workers * r.cpus_per_worker))
+        if r.gpus_per_worker > 0:
+            fit = min(fit, int(total.get("GPU", 0) // (r.workers * r.gpus_per_worker)))
+    if fit < 1:
+        raise ConfigError(
+            f"one probe needs {r.workers} x {r.cpus_per_worker} CPU and {r.workers} x "
+            f"{r.gpus_per_worker} GPU but the cluster has {total.get('CPU', 0)} CPU / "
+            f"{total.get('GPU', 0)} GPU: lower resources.* or add nodes"
+        )
+    if r.max_concurrent:
+        fit = min(fit, r.max_concurrent)
+    return max(1, min(fit, n_candidates))
+
+
+def candidate_rows(cfg: SelectConfig) -> dict[str, str]:
+    """Candidate name -> what its probe loads (a curves row for replay, the model for hf)."""
+    if cfg.backend == "replay":
+        from lensray.replay import replay_rows
+
+        return replay_rows(cfg)
+    return {m.name: m.path or m.name for m in cfg.pool.models}
+
+
+class _Progress:
+    """A Tune callback printing one line per decision and a summary per finished trial."""
+
+    def __new__(cls, scheduler: CurveFitScheduler, total: int, stream=sys.stderr):
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def __init__(self) -> None:
+                self.t0 = time.time()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+                d = scheduler.decisions[-1] if scheduler.decisions else None
+                if d is None or d["candidate"] != result.get("candidate"):
+                    return
+                done = sum(c.status in (FINISHED, STOPPED, FAILED) for c in scheduler.curves.values())
+                pred = f" -> {d['predicted']:.4g} [{d['interval'][0]:.4g}, {d['interval'][1]:.4g}]" if "predicted" in d else ""
+                print(
+                    f"[{time.time() - self.t0:7.1f}s {done}/{total} done] {d['candidate']} D={d['size']} "
+                    f"loss={result['loss']:.4g}{pred} {d['decision']}: {d['reason']}",
+                    file=stream, flush=True,
+                )
+
+        return Progress()
+
+
+def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> Selection:
+    """Run (or resume) the sweep, then fit, rank and write the report files."""
+    from ray import tune
+
+    from lensray.trial import probe_trial
+
+    exp = experiment_dir(cfg)
+    state_path = exp / STATE_FILE
+    if state_path.exists() and not resume:
+        raise ConfigError(
+            f"{exp} already holds a sweep: pass --resume to continue it, or choose another "
+            "`name`/`output` (nothing was overwritten)"
+        )
+    exp.mkdir(parents=True, exist_ok=True)
+    rows = candidate_rows(cfg)
+    before = read_state(state_path)
+    todo = [c for c in rows if before.status.get(c, ("",))[0] not in (FINISHED, STOPPED)]
+    init_ray(cfg)
+    scheduler = CurveFitScheduler(cfg.plan.target, cfg.scheduler, cfg.fit, state_path)
+    errors: dict[str, str] = {}
+    t0 = time.time()
+    if todo:
+        job = {
+            "config": to_dict(cfg),
+            "rows": rows,
+            "skip": {c: [o.size for o in obs] for c, obs in before.observations.items()},
+        }
+        trainable = tune.with_resources(tune.with_parameters(probe_trial, job=job), probe_resources(cfg))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"candidate": tune.grid_search(todo)},
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                max_concurrent_trials=max_concurrent(cfg, len(todo)),
+                reuse_actors=cfg.backend == "replay",
+                trial_dirname_creator=lambda t: f"probe-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=str(Path(cfg.output).resolve()),
+                verbose=0,
+                callbacks=[] if quiet else [_Progress(scheduler, len(rows))],
+            ),
+        )
+        results = tuner.fit()
+        for r in results:
+            if r.error is not None:
+                errors[r.config["candidate"]] = _error_reason(r.error)
+    state = read_state(state_path)
+    selection = build_selection(cfg, rows, state, errors, wall_s=time.time() - t0, scheduler_s=scheduler.decide_seconds)
+    write_report(selection, exp)
+    return selection
+
+
+def _error_reason(err: BaseException) -> str:
+    """The probe's own message, without Ray's wrapping."""
+    cause = err
+    while getattr(cause, "cause", None) is not None:
+        cause = cause.cause
+    text = str(cause).strip().splitlines()
+    return text[-1] if text else type(cause).__name__

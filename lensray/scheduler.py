@@ -1,0 +1,238 @@
+"""CurveFitScheduler: a Ray Tune scheduler that stops candidates that cannot win.
+
+After every Observation a trial reports (a subset size and its held-out loss), the scheduler
+refits that candidate's partial curve (`fit.fit_local`, lensray's predictor) and compares its
+*optimistic* bound on the loss at the target T with the *pessimistic* bounds of the others::
+
+    STOP candidate i  iff  fit_i is reliable  and  lo_i(T) > k-th smallest hi_j(T), j != i
+
+i.e. at confidence `level` at least k other candidates will beat it at T, so it cannot be in the
+top k. It never decides on fewer than `min_points` sizes or on an unreliable fit (the fit says
+why), never stops while only `top_k` candidates are left running, and writes every decision
+with its reason. The idea is that of successive halving / ASHA (Li et al., MLSys 2020), with
+the rung comparison replaced by scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
+
+Progress is measured by the subset size, not `training_iteration` (which restarts on resume).
+Tune does not restore a scheduler on `Tuner.restore`, so every observation and decision is also
+appended to a JSON-lines side file in the experiment folder, from which a new scheduler rebuilds
+its state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from lensray.config import SchedulerConfig
+from lensray.fit import CurveFit, FitConfig, fit_local
+from lensray.observation import Observation
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped early", "failed"
+
+
+@dataclass
+class _Curve:
+    """What the scheduler knows of one candidate."""
+
+    sizes: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    fit: CurveFit | None = None
+    status: str = RUNNING
+    reason: str = ""
+
+
+class CurveFitScheduler(FIFOScheduler):
+    """Early-stops Tune trials whose extrapolated loss at `target` cannot reach the top k."""
+
+    def __init__(
+        self,
+        target: int,
+        config: SchedulerConfig | None = None,
+        fit_config: FitConfig | None = None,
+        state_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.target = int(target)
+        self.config = config or SchedulerConfig()
+        self.fit_config = replace(fit_config or FitConfig(), level=self.config.level)
+        self.state_path = Path(state_path) if state_path else None
+        self.curves: dict[str, _Curve] = {}
+        self.decisions: list[dict[str, Any]] = []
+        self.decide_seconds = 0.0
+        """Time spent in `observe` (fit, decision, side file): the scheduler's share of a sweep."""
+        if self.state_path and self.state_path.exists():
+            self._replay(self.state_path)
+
+    # --- Tune hooks -----------------------------------------------------------------------
+    def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
+        name = result.get("candidate") or trial.config.get("candidate")
+        size, loss = result.get("size"), result.get("loss")
+        if name is None or size is None or loss is None or not math.isfinite(float(loss)):
+            return TrialScheduler.CONTINUE  # nothing to fit on
+        return self.observe(
+            Observation(
+                str(name), int(size), float(loss), int(result.get("tokens", 0)),
+                float(result.get("flops", 0.0)), float(result.get("wall_s", 0.0)),
+                dict(result.get("extra") or {}),
+            )
+        )
+
+    def on_trial_complete(self, tune_controller, trial: "Trial", result: dict) -> None:
+        self._set_status(trial.config.get("candidate"), FINISHED, "")
+
+    def on_trial_error(self, tune_controller, trial: "Trial") -> None:
+        self._set_status(trial.config.get("candidate"), FAILED, "the probe raised; see its error")
+
+    def debug_string(self) -> str:
+        counts = {s: 0 for s in (RUNNING, FINISHED, STOPPED, FAILED)}
+        for c in self.curves.values():
+            counts[c.status] += 1
+        return (
+            f"CurveFitScheduler: top_k={self.config.top_k} level={self.config.level} | "
+            + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump({"curves": self.curves, "decisions": self.decisions}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            state = pickle.load(fh)
+        self.curves, self.decisions = state["curves"], state["decisions"]
+
+    # --- the decision -----------------------------------------------------------------------
+    def observe(self, obs: Observation) -> str:
+        """Record one Observation and decide CONTINUE or STOP for its candidate."""
+        t0 = time.perf_counter()
+        name, size, loss = obs.candidate, obs.size, obs.loss
+        curve = self.curves.setdefault(name, _Curve())
+        if size in curve.sizes:  # a re-run after a failure or resume reports the size again
+            curve.losses[curve.sizes.index(size)] = loss
+        else:
+            order = np.searchsorted(curve.sizes, size)
+            curve.sizes.insert(order, size)
+            curve.losses.insert(order, loss)
+        self._log({"event": "observation", **obs.to_dict()})
+        decision, reason = self._decide(name, curve)
+        record = {"event": "decision", "candidate": name, "size": size, "decision": decision, "reason": reason}
+        if curve.fit is not None and curve.fit.ok:
+            record.update(predicted=curve.fit.predicted_loss, interval=list(curve.fit.interval))
+        self.decisions.append(record)
+        self._log(record)
+        if decision == TrialScheduler.STOP:
+            curve.status, curve.reason = STOPPED, reason
+        self.decide_seconds += time.perf_counter() - t0
+        return decision
+
+    def _decide(self, name: str, curve: _Curve) -> tuple[str, str]:
+        cfg = self.config
+        if not cfg.enabled:
+            return TrialScheduler.CONTINUE, "early stopping disabled"
+        if len(curve.sizes) < cfg.min_points:
+            return TrialScheduler.CONTINUE, f"{len(curve.sizes)} of {cfg.min_points} sizes needed to decide"
+        curve.fit = fit_local(curve.sizes, [curve.losses], self.target, [name], self.fit_config)[0]
+        if not curve.fit.ok:
+            return TrialScheduler.CONTINUE, f"fit not reliable: {curve.fit.reason}"
+        alive = sum(c.status in (RUNNING, FINISHED) for c in self.curves.values())
+        if alive <= cfg.top_k:
+            return TrialScheduler.CONTINUE, f"only {alive} candidates left; keeping the top {cfg.top_k}"
+        others = [
+            (c.fit.interval[1], other)
+            for other, c in self.curves.items()
+            if other != name and c.fit is not None and c.fit.ok and c.status != FAILED
+        ]
+        if len(others) < cfg.top_k:
+            return TrialScheduler.CONTINUE, f"fewer than {cfg.top_k} other reliable fits to compare with"
+        others.sort()
+        bound, rival = others[cfg.top_k - 1]
+        lo = curve.fit.interval[0]
+        if lo > bound:
+            return TrialScheduler.STOP, (
+                f"cannot reach the top {cfg.top_k}: optimistic loss at T {lo:.4g} > pessimistic "
+                f"{bound:.4g} of {rival} ({cfg.level:.0%} intervals)"
+            )
+        return TrialScheduler.CONTINUE, f"in contention: optimistic {lo:.4g} <= {bound:.4g} of {rival}"
+
+    # --- state ------------------------------------------------------------------------------
+    def _set_status(self, name: str | None, status: str, reason: str) -> None:
+        if name is None:
+            return
+        curve = self.curves.setdefault(str(name), _Curve())
+        if curve.status == RUNNING:
+            curve.status, curve.reason = status, reason
+            self._log({"event": "status", "candidate": str(name), "status": status, "reason": reason})
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.state_path is None:
+            return
+        with open(self.state_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _replay(self, path: Path) -> None:
+        """Rebuild curves, fits and statuses from the side file of an interrupted run."""
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):  # a record torn by a crash: end it so appends stay whole
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write("\n")
+        log, self.state_path = self.state_path, None  # do not re-append while replaying
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if rec.get("event") == "observation":
+                self.observe(_observation(rec))
+            elif rec.get("event") == "status":
+                self.curves.setdefault(rec["candidate"], _Curve()).status = rec["status"]
+                self.curves[rec["candidate"]].reason = rec.get("reason", "")
+        self.state_path = log
+
+
+def _observation(rec: dict[str, Any]) -> Observation:
+    fields = ("candidate", "size", "loss", "tokens", "flops", "wall_s", "extra")
+    return Observation(**{k: rec[k] for k in fields if k in rec})
+
+
+@dataclass(frozen=True)
+class SweepState:
+    """What the side file of a sweep says: every Observation, decision and final status."""
+
+    observations: dict[str, list[Observation]]
+    decisions: list[dict[str, Any]]
+    status: dict[str, tuple[str, str]]
+
+
+def read_state(path: str | Path) -> SweepState:
+    """Read a scheduler side file (the last record of a size or a status wins)."""
+    obs: dict[str, dict[int, Observation]] = {}
+    decisions, status = [], {}
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        event = rec.get("event")
+        if event == "observation":
+            o = _observation(rec)
+            obs.setdefault(o.candidate, {})[o.size] = o
+        elif event == "decision":
+            decisions.append(rec)
+            if rec["decision"] == TrialScheduler.STOP:
+                status[rec["candidate"]] = (STOPPED, rec["reason"])
+        elif event == "status" and status.get(rec["candidate"], ("",))[0] != STOPPED:
+            status[rec["candidate"]] = (rec["status"], rec.get("reason", ""))
+    return SweepState({c: [v[s] for s in sorted(v)] for c, v in obs.items()}, decisions, status)

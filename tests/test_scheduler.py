@@ -1,0 +1,122 @@
+"""The scheduler driven directly with fake results: stop, keep, refuse to decide, restore."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from lensray.config import SchedulerConfig
+from lensray.observation import Observation
+from lensray.scheduler import FINISHED, STOPPED, CurveFitScheduler, read_state
+
+SIZES = [200, 400, 800, 1600, 3200]
+TARGET = 1638400
+
+
+def curve(start: float, slope: float) -> list[float]:
+    """A clean power law L = start * (D/200)^slope."""
+    return [start * (d / 200) ** slope for d in SIZES]
+
+
+def feed(s: CurveFitScheduler, name: str, losses: list[float], upto: int | None = None) -> list[str]:
+    return [s.observe(Observation(name, d, l, flops=6e9 * d)) for d, l in list(zip(SIZES, losses))[:upto]]
+
+
+def trial(name: str) -> SimpleNamespace:
+    return SimpleNamespace(config={"candidate": name})
+
+
+def test_stops_a_clearly_losing_candidate_with_a_reason():
+    s = CurveFitScheduler(TARGET)
+    feed(s, "good", curve(2.0, -0.08))
+    decisions = feed(s, "bad", curve(4.0, -0.02))
+    assert decisions[:2] == [TrialScheduler.CONTINUE] * 2  # too few sizes to decide
+    assert decisions[2] == TrialScheduler.STOP
+    assert s.curves["bad"].status == STOPPED
+    assert "cannot reach the top 1" in s.curves["bad"].reason and "good" in s.curves["bad"].reason
+
+
+def test_keeps_a_close_candidate():
+    s = CurveFitScheduler(TARGET)
+    feed(s, "a", curve(2.0, -0.08))
+    assert feed(s, "b", curve(2.02, -0.079)) == [TrialScheduler.CONTINUE] * 5
+    assert "in contention" in s.decisions[-1]["reason"]
+
+
+def test_never_decides_on_an_unreliable_fit():
+    s = CurveFitScheduler(TARGET)
+    feed(s, "good", curve(2.0, -0.08))
+    rising = [4.0, 4.1, 4.3, 4.6, 5.0]  # diverging: clearly worse, but its fit is not ok
+    assert feed(s, "diverging", rising) == [TrialScheduler.CONTINUE] * 5
+    assert "fit not reliable" in s.decisions[-1]["reason"]
+
+
+def test_keeps_top_k_running_to_the_budget():
+    s = CurveFitScheduler(TARGET, SchedulerConfig(top_k=2))
+    feed(s, "good", curve(2.0, -0.08))
+    assert TrialScheduler.STOP not in feed(s, "bad", curve(4.0, -0.02))
+    assert "keeping the top 2" in s.decisions[-1]["reason"]
+
+
+def test_top_k_needs_k_better_rivals():
+    s = CurveFitScheduler(TARGET, SchedulerConfig(top_k=2))
+    feed(s, "good", curve(2.0, -0.08))
+    feed(s, "also-good", curve(2.1, -0.08))
+    assert feed(s, "bad", curve(4.0, -0.02))[2] == TrialScheduler.STOP
+    assert "also-good" in s.curves["bad"].reason  # the 2nd best pessimistic bound is the bar
+
+
+def test_disabled_never_stops():
+    s = CurveFitScheduler(TARGET, SchedulerConfig(enabled=False))
+    feed(s, "good", curve(2.0, -0.08))
+    assert feed(s, "bad", curve(4.0, -0.02)) == [TrialScheduler.CONTINUE] * 5
+
+
+def test_tune_hooks_and_missing_metrics():
+    s = CurveFitScheduler(TARGET)
+    assert s.on_trial_result(None, trial("x"), {"size": 200}) == TrialScheduler.CONTINUE  # no loss
+    assert s.on_trial_result(None, trial("x"), {"size": 200, "loss": float("nan")}) == TrialScheduler.CONTINUE
+    for d, l in zip(SIZES, curve(2.0, -0.08)):
+        assert s.on_trial_result(None, trial("x"), {"candidate": "x", "size": d, "loss": l}) == TrialScheduler.CONTINUE
+    s.on_trial_complete(None, trial("x"), {})
+    assert s.curves["x"].status == FINISHED
+    assert "1 finished" in s.debug_string()
+
+
+def test_state_is_rebuilt_from_the_side_file(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    s = CurveFitScheduler(TARGET, state_path=path)
+    feed(s, "good", curve(2.0, -0.08))
+    s.on_trial_complete(None, trial("good"), {})
+    feed(s, "bad", curve(4.0, -0.02), upto=3)
+    feed(s, "half", curve(2.1, -0.08), upto=2)  # interrupted mid-probe
+    with open(path, "a") as fh:
+        fh.write('{"event": "observ')  # a line cut by a crash is ignored
+    again = CurveFitScheduler(TARGET, state_path=path)
+    assert again.curves["good"].status == FINISHED
+    assert again.curves["bad"].status == STOPPED
+    assert again.curves["half"].sizes == [200, 400]
+    np.testing.assert_allclose(again.curves["good"].losses, curve(2.0, -0.08))
+    assert [d["decision"] for d in again.decisions] == [d["decision"] for d in s.decisions]
+    # the resumed probe reports its next size and the scheduler carries on from there
+    assert again.observe(Observation("half", 800, curve(2.1, -0.08)[2])) == TrialScheduler.CONTINUE
+    state = read_state(path)
+    assert [o.size for o in state.observations["half"]] == [200, 400, 800]
+    assert state.status["bad"][0] == STOPPED and state.observations["good"][0].flops == 6e9 * 200
+
+
+def test_save_and_restore_round_trip(tmp_path):
+    s = CurveFitScheduler(TARGET)
+    feed(s, "good", curve(2.0, -0.08))
+    feed(s, "bad", curve(4.0, -0.02), upto=3)
+    s.save(str(tmp_path / "ckpt"))
+    fresh = CurveFitScheduler(TARGET)
+    fresh.restore(str(tmp_path / "ckpt"))
+    assert fresh.curves["bad"].status == STOPPED and len(fresh.decisions) == len(s.decisions)
+
+
+@pytest.mark.parametrize("field, value", [("top_k", 0), ("level", 1.0), ("min_points", 1)])
+def test_bad_scheduler_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"scheduler.{field}"):
+        SchedulerConfig(**{field: value})

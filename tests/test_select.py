@@ -1,0 +1,146 @@
+"""`lensray select` end to end on a real local Ray with the replay backend; configs refused."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import pyarrow.parquet as pq
+import pytest
+
+from lensray.config import ConfigError, config_from_dict, load_config
+from lensray.curves import packaged_curves, read_curves
+from lensray.driver import run_select
+from lensray.scheduler import FINISHED, STOPPED, read_state
+
+FLAN = str(packaged_curves()[0])
+POOL = ["facebook/opt-1.3b", "t5-base", "gpt2", "cerebras/Cerebras-GPT-111M", "facebook/opt-6.7b", "t5-small"]
+
+
+def replay_cfg(tmp_path, **over):
+    raw = {
+        "name": "t",
+        "backend": "replay",
+        "replay": {"curves": FLAN},
+        "pool": {"models": POOL},
+        "plan": {"start": 200, "budget": 6400, "target": 1638400},
+        "resources": {"cpus_per_worker": 0.5},
+        "output": str(tmp_path),
+    }
+    raw.update(over)
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    cfg = replay_cfg(out)
+    return cfg, run_select(cfg, quiet=True), out / "t"
+
+
+@pytest.mark.slow
+def test_replay_sweep_selects_and_writes_every_file(sweep):
+    cfg, sel, folder = sweep
+    doc = json.loads((folder / "selection.json").read_text())
+    assert doc["selected"] == sel.selected and doc["selected"] in POOL
+    assert [e["candidate"] for e in doc["ranking"]].count(doc["selected"]) == 1
+    for e in doc["ranking"]:
+        assert set(e) >= {"candidate", "model", "predicted_loss", "interval", "status", "reason"}
+        assert e["status"] in ("finished", "stopped early", "failed")
+        if e["predicted_loss"] is not None:
+            assert e["interval"][0] <= e["predicted_loss"] <= e["interval"][1]
+    assert set(doc["cost"]) >= {"flops_spent", "flops_all_probes", "flops_full"}
+    assert 0 < doc["cost"]["flops_spent"] <= doc["cost"]["flops_all_probes"] < doc["cost"]["flops_full"]
+    table = pq.read_table(folder / "observations.parquet")
+    assert table.num_rows == sum(len(e["sizes"]) for e in doc["ranking"])
+    assert set(table.column_names) >= {"candidate", "size", "loss", "tokens", "flops", "wall_s"}
+    assert (folder / "curves.png").stat().st_size > 10_000
+    assert "Selected:" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_replay_sweep_stops_losers_and_picks_a_good_one(sweep):
+    cfg, sel, _ = sweep
+    curves = read_curves(FLAN)
+    truth = {c: curves.losses[i, -1] for i, c in enumerate(curves.candidates) if c in POOL}
+    stopped = [e for e in sel.doc["ranking"] if e["status"] == STOPPED]
+    assert stopped, "clearly worse candidates (gpt2, Cerebras-111M) are stopped early"
+    assert all(len(e["sizes"]) < len(cfg.plan.resolved_sizes()) for e in stopped)
+    assert all(e["reason"].startswith("cannot reach the top 1") for e in stopped)
+    worst, best = max(truth.values()), min(truth.values())
+    assert (worst - truth[sel.selected]) / (worst - best) > 0.9
+    assert sel.doc["cost"]["flops_spent"] < sel.doc["cost"]["flops_all_probes"]
+
+
+@pytest.mark.slow
+def test_rerun_refuses_to_overwrite_and_resume_runs_nothing_twice(sweep):
+    cfg, sel, folder = sweep
+    with pytest.raises(ConfigError, match="--resume"):
+        run_select(cfg, quiet=True)
+    lines = (folder / "sweep.jsonl").read_text().splitlines()
+    again = run_select(cfg, resume=True, quiet=True)
+    assert again.selected == sel.selected
+    assert (folder / "sweep.jsonl").read_text().splitlines() == lines  # every probe was done
+
+
+@pytest.mark.slow
+def test_resume_finishes_an_interrupted_sweep(tmp_path):
+    cfg = replay_cfg(tmp_path)
+    full = run_select(replace(cfg, name="full"), quiet=True)
+    # an interrupted sweep: two candidates finished, one stopped after 2 of 6 sizes
+    state = tmp_path / "t" / "sweep.jsonl"
+    state.parent.mkdir(parents=True)
+    src = (tmp_path / "full" / "sweep.jsonl").read_text().splitlines()
+    keep = [l for l in src if '"facebook/opt-1.3b"' in l or '"t5-base"' in l]
+    keep += [l for l in src if '"gpt2"' in l and '"observation"' in l][:2]
+    state.write_text("\n".join(keep) + "\n")
+    done = {c for c, (status, _) in read_state(state).status.items() if status in (FINISHED, STOPPED)}
+    assert done == {"facebook/opt-1.3b", "t5-base"}
+    before = len(keep)
+    resumed = run_select(cfg, resume=True, quiet=True)
+    assert resumed.selected == full.selected
+    records = [json.loads(l) for l in state.read_text().splitlines()[before:]]
+    new_obs = [(r["candidate"], r["size"]) for r in records if r["event"] == "observation"]
+    assert not [o for o in new_obs if o[0] in ("facebook/opt-1.3b", "t5-base")], "finished probes re-ran"
+    assert ("gpt2", 200) not in new_obs and ("gpt2", 400) not in new_obs
+
+
+def test_the_select_cli_names_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backend: replay\nreplay: {curves: x.csv}\nplan: {budgt: 100}\n")
+    run = subprocess.run([sys.executable, "-m", "lensray", "select", str(bad)], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert "unknown key plan.budgt. Did you mean 'budget'?" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"replay": {"curves": FLAN}, "colour": 1}, "unknown key colour"),
+        ({"replay": {"curves": FLAN}, "plan": {"budget": 4000000}}, "plan.budget .* larger than plan.target"),
+        ({"backend": "hf"}, "pool.models is empty"),
+        ({"backend": "hf", "pool": {"models": ["a", "a"]}}, "unique, repeated: \\['a'\\]"),
+        ({"backend": "hf", "pool": {"models": ["../../etc"]}}, "pool.models\\[0\\].name"),
+        ({"backend": "hf", "pool": {"models": ["/abs"]}}, "pool.models\\[0\\].name"),
+        ({"backend": "magic"}, "backend must be one of hf, replay"),
+        ({"replay": {"curves": FLAN}, "resources": {"workers": 0}}, "resources.workers"),
+        ({"replay": {"curves": FLAN}, "plan": {"sizes": [400, 200]}}, "plan.sizes"),
+        ({"replay": {"curves": FLAN}, "scheduler": {"top_k": "one"}}, "scheduler.top_k must be int"),
+        ({"replay": {"curves": FLAN}, "fit": {"window": 1}}, "fit.window"),
+    ],
+)
+def test_bad_configs_name_the_field(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_plan_sizes_must_be_in_the_curves(tmp_path):
+    from lensray.driver import candidate_rows
+
+    with pytest.raises(ConfigError, match="not columns"):
+        candidate_rows(replay_cfg(tmp_path, plan={"sizes": [300, 600], "budget": 600}))
+
+
+def test_yaml_paths_are_relative_to_the_config(tmp_path):
+    (tmp_path / "c.yaml").write_text("backend: replay\nreplay: {curves: data/x.csv}\n")
+    assert load_config(tmp_path / "c.yaml").replay.curves == str(tmp_path / "data" / "x.csv")
