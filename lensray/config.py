@@ -128,6 +128,10 @@ class SchedulerConfig:
     """Never decide on fewer observed sizes than this."""
     enabled: bool = True
     """False runs every probe to the budget (the AtS-style reference cost)."""
+    synchronous: bool = True
+    """Pause each probe after every size until all live candidates have reached that size, then
+    decide for all of them with complete information (synchronous successive halving). False
+    decides on whatever the others have reported so far: more parallelism, more compute."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -12,6 +12,9 @@ launches trials only for unfinished candidates, each skipping the sizes it alrea
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import sys
 import time
@@ -83,26 +86,27 @@ def candidate_rows(cfg: SelectConfig) -> dict[str, str]:
 
 
 class _Progress:
-    """A Tune callback printing one line per decision and a summary per finished trial."""
+    """A Tune callback printing every new scheduler decision as one line (stderr)."""
 
     def __new__(cls, scheduler: CurveFitScheduler, total: int, stream=sys.stderr):
         from ray.tune import Callback
 
         class Progress(Callback):
             def __init__(self) -> None:
-                self.t0 = time.time()
+                self.t0, self.shown = time.time(), 0
 
-            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-                d = scheduler.decisions[-1] if scheduler.decisions else None
-                if d is None or d["candidate"] != result.get("candidate"):
-                    return
+            def on_step_end(self, iteration, trials, **info) -> None:
+                new, self.shown = scheduler.decisions[self.shown :], len(scheduler.decisions)
                 done = sum(c.status in (FINISHED, STOPPED, FAILED) for c in scheduler.curves.values())
-                pred = f" -> {d['predicted']:.4g} [{d['interval'][0]:.4g}, {d['interval'][1]:.4g}]" if "predicted" in d else ""
-                print(
-                    f"[{time.time() - self.t0:7.1f}s {done}/{total} done] {d['candidate']} D={d['size']} "
-                    f"loss={result['loss']:.4g}{pred} {d['decision']}: {d['reason']}",
-                    file=stream, flush=True,
-                )
+                for d in new:
+                    curve = scheduler.curves[d["candidate"]]
+                    loss = curve.losses[curve.sizes.index(d["size"])]
+                    pred = f" -> {d['predicted']:.4g} [{d['interval'][0]:.4g}, {d['interval'][1]:.4g}]" if "predicted" in d else ""
+                    print(
+                        f"[{time.time() - self.t0:7.1f}s {done}/{total} done] {d['candidate']} D={d['size']} "
+                        f"loss={loss:.4g}{pred} {d['decision']}: {d['reason']}",
+                        file=stream, flush=True,
+                    )
 
         return Progress()
 
@@ -125,7 +129,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
     before = read_state(state_path)
     todo = [c for c in rows if before.status.get(c, ("",))[0] not in (FINISHED, STOPPED)]
     init_ray(cfg)
-    scheduler = CurveFitScheduler(cfg.plan.target, cfg.scheduler, cfg.fit, state_path)
+    scheduler = CurveFitScheduler(cfg.plan.target, cfg.scheduler, cfg.fit, state_path, budget=cfg.plan.resolved_sizes()[-1])
     errors: dict[str, str] = {}
     t0 = time.time()
     if todo:
@@ -151,7 +155,10 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
                 callbacks=[] if quiet else [_Progress(scheduler, len(rows))],
             ),
         )
-        results = tuner.fit()
+        # lensray prints its own progress (stderr); Tune's console tables would only repeat it.
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()):
+            results = tuner.fit()
         for r in results:
             if r.error is not None:
                 errors[r.config["candidate"]] = _error_reason(r.error)

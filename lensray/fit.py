@@ -314,14 +314,17 @@ def fit_local(
     else:
         sigma2 = 0.0
     sigma2 = max(sigma2, cfg.noise_floor**2)
-    # Extrapolation error per unit log-distance, from predicting each last point from its window.
+    # Extrapolation error per unit log-distance, from predicting each last point from the
+    # window before it (of `window` points, or fewer while fewer are observed: a shorter
+    # window's slope is noisier, so the estimate errs on the wide side).
     eps2 = 0.0
-    if n >= k + 1:
-        ub = log_x[-k - 1 : -1] - log_x[-k - 1 : -1].mean()
-        sb = (ly[:, -k - 1 : -1] * ub).sum(1) / float((ub**2).sum())
-        d1 = float(log_x[-1] - log_x[-k - 1 : -1].mean())
-        r = ly[:, -1] - (ly[:, -k - 1 : -1].mean(1) + sb * d1)
-        stat = sigma2 * (1.0 + 1.0 / k + d1**2 / float((ub**2).sum()))
+    b = min(k, n - 1)
+    if b >= 2:
+        ub = log_x[-b - 1 : -1] - log_x[-b - 1 : -1].mean()
+        sb = (ly[:, -b - 1 : -1] * ub).sum(1) / float((ub**2).sum())
+        d1 = float(log_x[-1] - log_x[-b - 1 : -1].mean())
+        r = ly[:, -1] - (ly[:, -b - 1 : -1].mean(1) + sb * d1)
+        stat = sigma2 * (1.0 + 1.0 / b + d1**2 / float((ub**2).sum()))
         eps2 = max(float(np.mean(r**2)) - stat, 0.0) / d1**2
     sd = np.sqrt(sigma2 * (1.0 / k + delta**2 / s_xx) + eps2 * delta**2)
     z = float(norm.ppf(0.5 + cfg.level / 2.0))

@@ -1,15 +1,24 @@
 """CurveFitScheduler: a Ray Tune scheduler that stops candidates that cannot win.
 
-After every Observation a trial reports (a subset size and its held-out loss), the scheduler
-refits that candidate's partial curve (`fit.fit_local`, lensray's predictor) and compares its
-*optimistic* bound on the loss at the target T with the *pessimistic* bounds of the others::
+After an Observation (a subset size and its held-out loss) the scheduler refits that candidate's
+partial curve (`fit.fit_local`, lensray's predictor, fitted together with every candidate that
+reached the same sizes so noise and extrapolation error are estimated from the whole rung) and
+compares its *optimistic* bound on the loss at the target T with the *pessimistic* bounds of
+the others::
 
     STOP candidate i  iff  fit_i is reliable  and  lo_i(T) > k-th smallest hi_j(T), j != i
 
 i.e. at confidence `level` at least k other candidates will beat it at T, so it cannot be in the
 top k. It never decides on fewer than `min_points` sizes or on an unreliable fit (the fit says
-why), never stops while only `top_k` candidates are left running, and writes every decision
-with its reason. The idea is that of successive halving / ASHA (Li et al., MLSys 2020), with
+why), never stops while only `top_k` candidates are left running, never stops at the last
+planned size (nothing would be saved), and writes every decision with its reason.
+
+Synchronous rungs (`synchronous`, the default): after each size a probe is PAUSED (it reports a
+tiny checkpoint of the sizes it has done, so a resumed probe continues with the next size). When
+every live candidate has reached that size, all of them are refitted and then judged, once, with
+the whole rung's fits; the losers are stopped, the rest resumed. Without this, the first probes
+to start run to the budget before any rival has a fit to be compared with, and a probe judged
+early is compared with only part of the rung. The idea is that of successive halving / ASHA (Li et al., MLSys 2020), with
 the rung comparison replaced by scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
 
 Progress is measured by the subset size, not `training_iteration` (which restarts on resume).
@@ -50,6 +59,8 @@ class _Curve:
     fit: CurveFit | None = None
     status: str = RUNNING
     reason: str = ""
+    rung_decided: int = 0
+    """Largest size decided with every live candidate's fit at that size (once per rung)."""
 
 
 class CurveFitScheduler(FIFOScheduler):
@@ -61,9 +72,12 @@ class CurveFitScheduler(FIFOScheduler):
         config: SchedulerConfig | None = None,
         fit_config: FitConfig | None = None,
         state_path: str | Path | None = None,
+        budget: int | None = None,
     ) -> None:
         super().__init__()
         self.target = int(target)
+        self.budget = budget
+        """Last planned size: probes that reached it are done, nothing left to decide."""
         self.config = config or SchedulerConfig()
         self.fit_config = replace(fit_config or FitConfig(), level=self.config.level)
         self.state_path = Path(state_path) if state_path else None
@@ -87,6 +101,45 @@ class CurveFitScheduler(FIFOScheduler):
                 dict(result.get("extra") or {}),
             )
         )
+
+    def choose_trial_to_run(self, tune_controller) -> "Trial | None":
+        """Start pending probes first; resume a paused one only when its rung is complete."""
+        from ray.tune.experiment import Trial
+
+        trials = tune_controller.get_trials()
+        for trial in trials:
+            if trial.status == Trial.PENDING:
+                return trial
+        paused = [t for t in trials if t.status == Trial.PAUSED]
+        if not paused:
+            return None
+        live = [c for c in self.curves.values() if c.status == RUNNING]
+        waiting = {t.trial_id for t in paused}
+        behind = [
+            self._last_size(t.config.get("candidate"))
+            for t in trials
+            if t.status in (Trial.RUNNING, Trial.PENDING) and t.trial_id not in waiting
+        ]
+        rung = min([c.sizes[-1] if c.sizes else 0 for c in live] + behind, default=0)
+        ready = []
+        for trial in sorted(paused, key=lambda t: self._last_size(t.config.get("candidate"))):
+            curve = self.curves.get(trial.config.get("candidate"))
+            if curve is not None and curve.sizes and curve.sizes[-1] <= rung:
+                ready.append((trial, trial.config.get("candidate"), curve))
+        undecided = [(t, n, c) for t, n, c in ready if c.rung_decided < c.sizes[-1]]
+        for _, name, curve in undecided:  # every fit of the rung first, then the judgements
+            self._refit(name, curve)
+        for trial, name, curve in undecided:
+            if self._record(name, curve, rung_complete=True, refit=False) == TrialScheduler.STOP:
+                tune_controller.stop_trial(trial)
+        return next((t for t, _, c in ready if c.status == RUNNING), None)
+
+    def _last_size(self, name: str | None) -> int:
+        curve = self.curves.get(name) if name is not None else None
+        return curve.sizes[-1] if curve is not None and curve.sizes else 0
+
+    def on_trial_remove(self, tune_controller, trial: "Trial") -> None:
+        """A paused probe stopped by `choose_trial_to_run`: its status is already recorded."""
 
     def on_trial_complete(self, tune_controller, trial: "Trial", result: dict) -> None:
         self._set_status(trial.config.get("candidate"), FINISHED, "")
@@ -125,24 +178,60 @@ class CurveFitScheduler(FIFOScheduler):
             curve.sizes.insert(order, size)
             curve.losses.insert(order, loss)
         self._log({"event": "observation", **obs.to_dict()})
-        decision, reason = self._decide(name, curve)
-        record = {"event": "decision", "candidate": name, "size": size, "decision": decision, "reason": reason}
-        if curve.fit is not None and curve.fit.ok:
-            record.update(predicted=curve.fit.predicted_loss, interval=list(curve.fit.interval))
-        self.decisions.append(record)
-        self._log(record)
-        if decision == TrialScheduler.STOP:
-            curve.status, curve.reason = STOPPED, reason
+        if self._pause_after(size):  # decided once the whole rung is in (choose_trial_to_run)
+            decision = TrialScheduler.PAUSE
+            self._note(name, size, decision, f"waiting for every live candidate to reach D={size}")
+        else:
+            decision = self._record(name, curve)
         self.decide_seconds += time.perf_counter() - t0
         return decision
 
-    def _decide(self, name: str, curve: _Curve) -> tuple[str, str]:
+    def _pause_after(self, size: int) -> bool:
+        return (
+            self.config.enabled
+            and self.config.synchronous
+            and self.budget is not None
+            and size < self.budget
+            and self.state_path is not None  # not while replaying the side file
+        )
+
+    def _record(self, name: str, curve: _Curve, rung_complete: bool = False, refit: bool = True) -> str:
+        """Decide for `name` at its largest size, and write the decision down."""
+        decision, reason = self._decide(name, curve, refit)
+        if rung_complete:
+            curve.rung_decided = curve.sizes[-1]
+        self._note(name, curve.sizes[-1], decision, reason, curve.fit if curve.fit is not None and curve.fit.ok else None)
+        if decision == TrialScheduler.STOP:
+            curve.status, curve.reason = STOPPED, reason
+        return decision
+
+    def _note(self, name: str, size: int, decision: str, reason: str, fit: CurveFit | None = None) -> None:
+        record = {"event": "decision", "candidate": name, "size": size, "decision": decision, "reason": reason}
+        if fit is not None:
+            record.update(predicted=fit.predicted_loss, interval=list(fit.interval))
+        self.decisions.append(record)
+        self._log(record)
+
+    def _refit(self, name: str, curve: _Curve) -> None:
+        """Fit `name` together with every candidate that reached the same sizes: the noise and
+        the extrapolation error are estimated from the whole rung, not from a few points."""
+        n = len(curve.sizes)
+        if n < self.config.min_points:
+            return
+        peers = [other for other, c in self.curves.items() if other != name and c.sizes[:n] == curve.sizes]
+        losses = [curve.losses] + [self.curves[p].losses[:n] for p in peers]
+        curve.fit = fit_local(curve.sizes, losses, self.target, [name, *peers], self.fit_config)[0]
+
+    def _decide(self, name: str, curve: _Curve, refit: bool = True) -> tuple[str, str]:
         cfg = self.config
         if not cfg.enabled:
             return TrialScheduler.CONTINUE, "early stopping disabled"
+        if self.budget is not None and curve.sizes[-1] >= self.budget:
+            return TrialScheduler.CONTINUE, "reached the budget"
         if len(curve.sizes) < cfg.min_points:
             return TrialScheduler.CONTINUE, f"{len(curve.sizes)} of {cfg.min_points} sizes needed to decide"
-        curve.fit = fit_local(curve.sizes, [curve.losses], self.target, [name], self.fit_config)[0]
+        if refit:
+            self._refit(name, curve)
         if not curve.fit.ok:
             return TrialScheduler.CONTINUE, f"fit not reliable: {curve.fit.reason}"
         alive = sum(c.status in (RUNNING, FINISHED) for c in self.curves.values())
@@ -194,6 +283,9 @@ class CurveFitScheduler(FIFOScheduler):
                 continue  # a line cut by a crash
             if rec.get("event") == "observation":
                 self.observe(_observation(rec))
+            elif rec.get("event") == "decision" and rec.get("decision") == TrialScheduler.STOP:
+                curve = self.curves.setdefault(rec["candidate"], _Curve())
+                curve.status, curve.reason = STOPPED, rec.get("reason", "")
             elif rec.get("event") == "status":
                 self.curves.setdefault(rec["candidate"], _Curve()).status = rec["status"]
                 self.curves[rec["candidate"]].reason = rec.get("reason", "")

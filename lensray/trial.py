@@ -7,7 +7,12 @@ candidate's probe loads ("rows") and the sizes an interrupted run already observ
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
+
+DONE_FILE = "sizes_done.json"
 
 
 def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
@@ -17,7 +22,7 @@ def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
 
     cfg = config_from_dict(job["config"])
     candidate = config["candidate"]
-    skip = set(job["skip"].get(candidate, ()))
+    skip = set(job["skip"].get(candidate, ())) | _sizes_done(tune.get_checkpoint())
     if cfg.backend == "replay":
         from lensray.replay import replay_probe
 
@@ -27,4 +32,16 @@ def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
 
         observations = hf_observations(cfg, candidate, skip)
     for obs in observations:
-        tune.report(obs.to_dict())
+        skip.add(obs.size)
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / DONE_FILE).write_text(json.dumps(sorted(skip)))
+            tune.report(obs.to_dict(), checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _sizes_done(checkpoint) -> set[int]:
+    """Sizes a paused (or restarted) probe already reported: its state between sizes, since every
+    size is fine-tuned afresh from the pretrained weights."""
+    if checkpoint is None:
+        return set()
+    with checkpoint.as_directory() as folder:
+        return set(json.loads((Path(folder) / DONE_FILE).read_text()))

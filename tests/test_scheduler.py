@@ -120,3 +120,45 @@ def test_save_and_restore_round_trip(tmp_path):
 def test_bad_scheduler_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"scheduler.{field}"):
         SchedulerConfig(**{field: value})
+
+
+class FakeController:
+    """Just enough of Tune's controller for choose_trial_to_run: trials and stop_trial."""
+
+    def __init__(self, names):
+        self.trials = [SimpleNamespace(config={"candidate": n}, status="PAUSED", trial_id=n) for n in names]
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        trial.status = "TERMINATED"
+
+
+def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
+    s = CurveFitScheduler(TARGET, state_path=tmp_path / "s.jsonl", budget=SIZES[-1])
+    ctl = FakeController(["bad", "good"])
+    bad, good = curve(4.0, -0.02), curve(2.0, -0.08)
+    # "bad" reaches 800 first: no rival has a fit yet, so it continues, paused at the rung
+    assert feed(s, "bad", bad, upto=3) == [TrialScheduler.PAUSE] * 3
+    ctl.trials[1].status = "RUNNING"
+    feed(s, "good", good, upto=2)
+    assert s.choose_trial_to_run(ctl) is None, "bad waits: good has not reached 800 yet"
+    assert s.observe(Observation("good", 800, good[2])) == TrialScheduler.PAUSE
+    ctl.trials[1].status = "PAUSED"
+    # the rung is complete: bad is re-judged against good's fit and stopped instead of resumed
+    chosen = s.choose_trial_to_run(ctl)
+    assert chosen is ctl.trials[1] and ctl.trials[0].status == "TERMINATED"
+    assert s.curves["bad"].status == STOPPED
+    # the last planned size is never a decision point
+    for d, l in zip(SIZES[3:], good[3:]):
+        assert s.observe(Observation("good", d, l)) in (TrialScheduler.PAUSE, TrialScheduler.CONTINUE)
+    assert s.decisions[-1]["reason"] == "reached the budget"
+    assert read_state(tmp_path / "s.jsonl").status["bad"][0] == STOPPED
+
+
+def test_pending_probes_start_before_paused_ones_resume():
+    s = CurveFitScheduler(TARGET, budget=SIZES[-1])
+    ctl = FakeController(["a", "b"])
+    ctl.trials[1].status = "PENDING"
+    assert s.choose_trial_to_run(ctl) is ctl.trials[1]
