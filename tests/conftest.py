@@ -1,0 +1,56 @@
+"""Shared fixtures: the offline zoo (built once, cached), its tokenizer, a local Ray.
+
+The zoo is built into the repository's ignored `zoo/` directory (or $LENSRAY_TEST_ZOO) and
+reused across sessions: `build_zoo` is a no-op while its config hash is unchanged, so only the
+first session pays the ~1.5 minute build.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def zoo_dir() -> Path:
+    """A built zoo (lensray.zoo), shared by the whole session."""
+    from lensray.zoo import build_zoo
+
+    root = Path(os.environ.get("LENSRAY_TEST_ZOO", REPO / "zoo"))
+    build_zoo(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def zoo_manifest(zoo_dir: Path) -> dict:
+    """The zoo's manifest with absolute paths; models by name under manifest["by_name"]."""
+    from lensray.zoo import load_manifest
+
+    manifest = load_manifest(zoo_dir)
+    manifest["by_name"] = {m["name"]: m for m in manifest["models"]}
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The zoo's word-level tokenizer, trained in-process (no zoo build needed)."""
+    from lensray.zoo import build_tokenizer
+
+    return build_tokenizer(0)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray for the session (2 logical CPUs, no dashboard), shut down at the end."""
+    ray = pytest.importorskip("ray")
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        started = True
+    yield ray
+    if started:
+        ray.shutdown()

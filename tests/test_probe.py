@@ -1,0 +1,257 @@
+"""lensray.probe (hf backend) and lensray.ntk, end to end on the zoo with a local Ray.
+
+Slow tests fine-tune zoo models through a Ray Train V2 TorchTrainer running DeepSpeed on CPU
+(gloo), on nested subsets of 8/16/32 examples of the zoo's task with 16-token contexts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lensray.data import DataConfig, prepare_data
+from lensray.ntk import NTKStats, diag_ntk, ntk_term
+from lensray.probe import (
+    ProbeConfig,
+    ProbeError,
+    ProbeSpec,
+    builtin_deepspeed_template,
+    failure_reason,
+    fill_deepspeed_config,
+    load_tokenizer,
+    run_probe,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = (8, 16, 32)
+TASK_TOKENS = 15  # every zoo task example: 9 prompt tokens, 5 symbols, the end token
+
+
+def make_spec(manifest: dict, tmp_path: Path, model: str = "llama-copy-96", data: dict | None = None, **probe) -> ProbeSpec:
+    entry = manifest["by_name"].get(model)
+    data_kw = {"path": manifest["task"], "sizes": SIZES, "eval_size": 32, "max_length": 16,
+               "cache_dir": str(tmp_path / "cache"), **(data or {})}
+    probe_kw = {"micro_batch": 4, "epochs": 3, "lr": 3e-3, "storage_path": str(tmp_path / "runs"), **probe}
+    return ProbeSpec(
+        candidate=model, model=entry["path"] if entry else model,
+        data=DataConfig(**data_kw), probe=ProbeConfig(**probe_kw),
+    )
+
+
+def check_curve(observations, spec: ProbeSpec) -> None:
+    assert [o.size for o in observations] == list(SIZES)
+    losses = [o.loss for o in observations]
+    assert losses[0] > losses[1] > losses[2], losses
+    assert observations[0].extra["zero_shot_loss"] > losses[0]
+    global_batch = spec.probe.micro_batch * spec.probe.num_workers
+    for o in observations:
+        assert o.candidate == spec.candidate
+        assert o.extra["steps"] == spec.probe.epochs * o.size // global_batch
+        assert o.tokens == spec.probe.epochs * o.size * min(TASK_TOKENS, spec.data.max_length)
+        assert o.flops == pytest.approx(6 * o.extra["n_params"] * o.tokens)
+        assert o.wall_s > 0 and o.extra["tokens_per_s"] > 0
+        assert o.extra["weight_delta"] > 0  # the trainable weights really moved
+        assert o.extra["num_workers"] == spec.probe.num_workers
+        assert math.isfinite(o.extra["ntk_F"]) and math.isfinite(o.extra["ntk_log_F"])
+    log_f = [o.extra["ntk_log_F"] for o in observations]
+    assert log_f[0] > log_f[1] > log_f[2]  # F shrinks as the steps t grow
+
+
+@pytest.mark.slow
+def test_full_finetune_two_workers_zero2(zoo_manifest, ray_local, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, num_workers=2, zero_stage=2)
+    observations = run_probe(spec)
+    check_curve(observations, spec)
+    assert all(o.extra["zero_stage"] == 2 and not o.extra["lora"] for o in observations)
+    assert observations[0].extra["trainable_params"] == observations[0].extra["n_params"]
+
+
+@pytest.mark.slow
+def test_lora_two_workers_with_truncated_examples(zoo_manifest, ray_local, tmp_path):
+    # max_length 13 < 15 task tokens: every example is truncated (counted), none crashes the probe.
+    spec = make_spec(zoo_manifest, tmp_path, data={"max_length": 13}, num_workers=2, zero_stage=2, lora=True, lr=1e-2)
+    observations = run_probe(spec)
+    check_curve(observations, spec)
+    extra = observations[0].extra
+    assert extra["lora"] and 0 < extra["trainable_params"] < extra["n_params"] / 4
+    assert extra["n_truncated"] == 4096 and extra["n_dropped"] == 0
+
+
+@pytest.mark.slow
+def test_tune_trial_reports_every_size_and_records_failures(zoo_manifest, ray_local, tmp_path):
+    from ray import tune
+
+    from lensray.probe import hf_probe
+
+    good = make_spec(zoo_manifest, tmp_path, model="neox-copy-48", data={"sizes": (8, 16)}).to_dict()
+    bad = make_spec(zoo_manifest, tmp_path, model=str(tmp_path / "missing-model"), data={"sizes": (8, 16)}).to_dict()
+    tuner = tune.Tuner(
+        tune.with_resources(hf_probe, {"cpu": 0.1}),
+        param_space=tune.grid_search([good, bad]),
+        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
+    )
+    results = {r.config["candidate"]: r for r in tuner.fit()}
+    curve = results["neox-copy-48"].metrics_dataframe
+    assert list(curve["size"]) == [8, 16]
+    assert {"candidate", "loss", "tokens", "flops", "wall_s"} <= set(curve.columns)
+    assert (curve["candidate"] == "neox-copy-48").all() and curve["loss"].iloc[1] < curve["loss"].iloc[0]
+    failed = results[str(tmp_path / "missing-model")]
+    assert failed.error is not None
+    assert "does not exist" in failure_reason(failed.error)
+
+
+@pytest.mark.slow
+def test_diverging_run_stops_with_reason(zoo_manifest, ray_local, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, data={"sizes": (16,)}, lr=50.0, zero_stage=0, ntk_examples=0)
+    with pytest.raises(ProbeError) as err:
+        run_probe(spec)
+    assert err.value.reason.startswith("diverged at size 16") and "lower ProbeConfig.lr" in err.value.reason
+    assert err.value.observations == []
+
+
+@pytest.mark.slow
+def test_out_of_memory_stops_with_reason(zoo_manifest, ray_local, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, data={"sizes": (8,)}, max_rss_gb=0.01, ntk_examples=0)
+    with pytest.raises(ProbeError, match=r"out of memory at size 8: worker peak RSS .* exceeds ProbeConfig.max_rss_gb=0.01"):
+        run_probe(spec)
+
+
+def test_missing_model_path(zoo_manifest, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, model=str(tmp_path / "nowhere" / "model"))
+    with pytest.raises(ProbeError, match="model path .* does not exist") as err:
+        run_probe(spec)
+    assert err.value.candidate == spec.candidate and "Traceback" not in str(err.value)
+
+
+def test_model_without_weights(zoo_manifest, tmp_path):
+    path = _copy_model(zoo_manifest, tmp_path, drop=())
+    (path / "model.safetensors").unlink()
+    with pytest.raises(ProbeError, match="has no .safetensors weights"):
+        run_probe(make_spec(zoo_manifest, tmp_path, model=str(path)))
+
+
+@pytest.mark.slow
+def test_corrupt_weights_fail_with_one_line(zoo_manifest, ray_local, tmp_path):
+    path = _copy_model(zoo_manifest, tmp_path, drop=())
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")  # fails to load on the worker
+    with pytest.raises(ProbeError) as err:
+        run_probe(make_spec(zoo_manifest, tmp_path, model=str(path), data={"sizes": (8,)}))
+    reason = err.value.reason
+    assert reason.startswith(f"cannot load {str(path)!r} for fine-tuning: ") and "header" in reason
+    assert "\n" not in reason and "Traceback" not in reason
+
+
+def test_unreachable_hub_id(zoo_manifest, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without the hub
+    spec = make_spec(zoo_manifest, tmp_path, model="nobody-here/no-such-model")
+    with pytest.raises(ProbeError, match="cannot load model 'nobody-here/no-such-model' as a hub id"):
+        run_probe(spec)
+
+
+def _copy_model(zoo_manifest, tmp_path: Path, drop: tuple[str, ...]) -> Path:
+    dest = tmp_path / "model"
+    shutil.copytree(zoo_manifest["by_name"]["neox-copy-48"]["path"], dest)
+    cfg_path = dest / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    for key in drop:
+        tok_cfg.pop(key)
+    cfg_path.write_text(json.dumps(tok_cfg))
+    backend = json.loads((dest / "tokenizer.json").read_text())
+    backend["padding"] = None  # the backend's padding block also names a pad token
+    (dest / "tokenizer.json").write_text(json.dumps(backend))
+    return dest
+
+
+def test_tokenizer_without_pad_uses_eos(zoo_manifest, tmp_path):
+    path = _copy_model(zoo_manifest, tmp_path, drop=("pad_token",))
+    tok = load_tokenizer(make_spec(zoo_manifest, tmp_path, model=str(path)))
+    assert tok.pad_token == tok.eos_token == "</s>"
+
+
+def test_tokenizer_without_pad_or_eos_is_a_clear_error(zoo_manifest, tmp_path):
+    path = _copy_model(zoo_manifest, tmp_path, drop=("pad_token", "eos_token"))
+    with pytest.raises(ProbeError, match="has neither a pad nor an end .eos. token"):
+        load_tokenizer(make_spec(zoo_manifest, tmp_path, model=str(path)))
+
+
+def test_missing_data_field(zoo_manifest, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, data={"prompt_field": "question"})
+    with pytest.raises(ProbeError, match=r"DataConfig.prompt_field='question'.*fields \['prompt', 'response'\]"):
+        run_probe(spec)
+
+
+def test_context_longer_than_the_model(zoo_manifest, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, data={"max_length": 512})
+    with pytest.raises(ProbeError, match="max_length=512 exceeds the context .* \\(64 tokens\\)"):
+        run_probe(spec)
+
+
+def test_ntk_term_is_finite_and_model_specific(zoo_manifest, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    spec = make_spec(zoo_manifest, tmp_path)
+    data = prepare_data(spec.data, load_tokenizer(spec))
+    rows = list(zip(data.subset(8)["input_ids"], data.subset(8)["labels"]))
+    stats = {}
+    for name in ("llama-copy-96", "gpt2-format-48", "opt-text-160"):
+        model = AutoModelForCausalLM.from_pretrained(zoo_manifest["by_name"][name]["path"])
+        stats[name] = diag_ntk(model, rows)
+        assert len(stats[name].theta) == 8 and all(t > 0 and math.isfinite(t) for t in stats[name].theta)
+    terms = {name: ntk_term(s, eta=1e-3, t=10) for name, s in stats.items()}
+    assert all(math.isfinite(f) and math.isfinite(log_f) for f, log_f in terms.values())
+    assert len({round(log_f, 6) for _, log_f in terms.values()}) == 3
+    s = stats["llama-copy-96"]
+    assert ntk_term(s, eta=1e-3, t=0)[0] == pytest.approx(sum(r * r for r in s.residual) / len(s.residual))
+
+
+def test_ntk_term_underflow_keeps_log_finite():
+    stats = NTKStats(theta=(1e4, 2e4), residual=(3.0, 2.0))
+    f, log_f = ntk_term(stats, eta=1.0, t=1e3)
+    assert f == 0.0 and math.isfinite(log_f)
+    assert log_f == pytest.approx(-2e7 + 2 * math.log(3.0) - math.log(2.0))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_cluster_deepspeed_templates_match_builtin(stage):
+    cfg = ProbeConfig(micro_batch=4, grad_accum=2, lr=2e-4, precision="bf16", zero_stage=stage)
+    path = REPO / "cluster" / "deepspeed" / f"zero{stage}.json"
+    from_file = ProbeConfig(micro_batch=4, grad_accum=2, lr=2e-4, precision="bf16", deepspeed_config=str(path))
+    assert from_file.deepspeed(2) == cfg.deepspeed(2)
+    filled = cfg.deepspeed(2)
+    assert filled["train_batch_size"] == 16 and filled["bf16"]["enabled"] is True
+    assert filled["optimizer"]["params"]["lr"] == 2e-4 and filled["zero_optimization"]["stage"] == stage
+    assert "auto" not in json.dumps(filled)
+
+
+def test_offload_template_fills():
+    template = json.loads((REPO / "cluster" / "deepspeed" / "zero2-offload.json").read_text())
+    filled = fill_deepspeed_config(template, ProbeConfig(), 1)
+    assert filled["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "auto" not in json.dumps(filled)
+    with pytest.raises(ValueError, match="no value for \"auto\" at zero_optimization.stage"):
+        fill_deepspeed_config({"zero_optimization": {"stage": "auto"}}, ProbeConfig(), 1)
+    assert builtin_deepspeed_template(2)["zero_optimization"]["stage"] == 2
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("backend", "vllm"), ("zero_stage", 3), ("precision", "fp16"), ("device", "tpu"), ("micro_batch", 0),
+     ("lr", -1.0), ("diverge_factor", 1.0), ("max_rss_gb", -1.0), ("deepspeed_config", "/no/such.json")],
+)
+def test_probe_config_rejects_bad_field_naming_it(field, value):
+    with pytest.raises(ValueError, match=f"ProbeConfig.{field}"):
+        ProbeConfig(**{field: value})
+
+
+def test_spec_round_trips_through_a_tune_config(zoo_manifest, tmp_path):
+    spec = make_spec(zoo_manifest, tmp_path, lora=True)
+    assert ProbeSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="ProbeConfig: unknown field.*'learning_rate'"):
+        ProbeSpec.from_dict({**spec.to_dict(), "probe": {"learning_rate": 1.0}})

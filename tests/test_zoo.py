@@ -1,0 +1,128 @@
+"""lensray.zoo: the offline candidate pool loads like hub models, is cached and deterministic,
+and its task makes the fine-tuned ranking differ from the zero-shot and the size rankings."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lensray.zoo import ZOO, build_tokenizer, build_zoo, task_examples
+
+
+def test_manifest_lists_a_diverse_pool(zoo_manifest):
+    models = zoo_manifest["models"]
+    assert len(models) >= 8
+    assert len({m["architecture"] for m in models}) >= 4
+    sizes = [m["n_params"] for m in models]
+    assert max(sizes) >= 10 * min(sizes)
+    assert len({m["pretrain_steps"] for m in models}) == len(models)  # each its own budget
+    assert {"name", "path", "architecture", "n_params", "pretrain_steps"} <= set(models[0])
+
+
+def test_every_model_loads_like_a_hub_model(zoo_manifest):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for entry in zoo_manifest["models"]:
+        tok = AutoTokenizer.from_pretrained(entry["path"])
+        model = AutoModelForCausalLM.from_pretrained(entry["path"], use_safetensors=True, trust_remote_code=False)
+        assert model.config.model_type == entry["architecture"]
+        assert sum(p.numel() for p in model.parameters()) == entry["n_params"]
+        assert tok.pad_token == "<pad>" and tok.eos_token == "</s>" and tok.chat_template
+        batch = tok(["translate : a b c d e ->", "the cat sees the dog ."], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(**batch).logits
+        assert logits.shape[-1] == len(tok) and torch.isfinite(logits).all()
+
+
+def test_rebuild_is_a_noop(zoo_dir, capsys):
+    manifest = zoo_dir / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    start = time.perf_counter()
+    assert build_zoo(zoo_dir) == manifest
+    assert time.perf_counter() - start < 2
+    assert manifest.stat().st_mtime_ns == before
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_task_and_tokenizer_are_deterministic(zoo_manifest):
+    assert task_examples(50, seed=0) == task_examples(50, seed=0)
+    assert task_examples(50, seed=0) != task_examples(50, seed=1)
+    assert build_tokenizer(0).get_vocab() == build_tokenizer(0).get_vocab()
+    with open(zoo_manifest["task"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert rows[:50] == task_examples(50, seed=zoo_manifest["seed"])
+    first = rows[0]
+    assert set(first) == {"prompt", "response"}
+    xs = first["prompt"].split()[2:-1]
+    ys = first["response"].split()
+    assert len(xs) == len(ys) == 5 and xs != ys  # a substitution without fixed points
+
+
+def _finetune_losses(path: str, data, sizes, torch) -> tuple[float, list[float]]:
+    """Zero-shot held-out loss and the loss after a plain 3-epoch fine-tune on each size."""
+    from transformers import AutoModelForCausalLM
+
+    def batch(ds):
+        width = max(len(x) for x in ds["input_ids"])
+        ids = torch.tensor([x + [0] * (width - len(x)) for x in ds["input_ids"]])  # 0 = <pad>
+        labels = torch.tensor([y + [-100] * (width - len(y)) for y in ds["labels"]])
+        return ids, (ids != 0).long(), labels
+
+    def held_out(model):
+        ids, mask, labels = batch(data.eval)
+        model.eval()
+        with torch.no_grad():
+            return float(model(input_ids=ids, attention_mask=mask, labels=labels).loss)
+
+    zero_shot = held_out(AutoModelForCausalLM.from_pretrained(path))
+    tuned = []
+    for size in sizes:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+        for epoch in range(3):
+            rows = data.subset(size).shuffle(seed=epoch)
+            for i in range(0, size, 8):
+                ids, mask, labels = batch(rows[i : i + 8])
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        tuned.append(held_out(model))
+    return zero_shot, tuned
+
+
+@pytest.mark.slow
+def test_finetuned_ranking_differs_from_zero_shot_and_size(zoo_manifest, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+
+    from lensray.data import DataConfig, prepare_data
+
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(zoo_manifest["tokenizer"])
+    data = prepare_data(
+        DataConfig(path=zoo_manifest["task"], sizes=(32, 64, 256), eval_size=128, cache_dir=str(tmp_path)), tok
+    )
+    zero_shot, tuned, curves = {}, {}, {}
+    for entry in zoo_manifest["models"]:
+        sizes = (32, 64, 256) if entry["name"] == "neox-copy-48" else (256,)
+        zero_shot[entry["name"]], curves[entry["name"]] = _finetune_losses(entry["path"], data, sizes, torch)
+        tuned[entry["name"]] = curves[entry["name"]][-1]
+    by_size = max(zoo_manifest["models"], key=lambda m: m["n_params"])["name"]
+    best_zero_shot = min(zero_shot, key=zero_shot.get)
+    best_tuned = min(tuned, key=tuned.get)
+    assert best_tuned not in (by_size, best_zero_shot), (zero_shot, tuned)
+    assert zoo_manifest["by_name"][best_tuned]["corpus"] == "copy"
+    # Copy-pretrained models are the worst half zero-shot (they confidently copy) yet the best tuned.
+    copy_models = [m["name"] for m in zoo_manifest["models"] if m["corpus"] == "copy"]
+    assert all(zero_shot[n] > 2 * zero_shot[best_zero_shot] for n in copy_models)
+    assert all(tuned[n] < 0.5 * min(tuned[m] for m in tuned if m not in copy_models) for n in copy_models)
+    # Pre-power then power phase: 32 -> 64 examples barely helps, 64 -> 256 cuts the loss >10x.
+    d32, d64, d256 = curves["neox-copy-48"]
+    assert d64 > 0.75 * d32 and d256 < 0.1 * d64, curves["neox-copy-48"]
+    assert len(ZOO) == len(zoo_manifest["models"])
