@@ -1,8 +1,8 @@
 # lensray's set-up: every target creates/updates the virtual environment it needs, and is a
 # no-op re-install when pyproject.toml has not changed (the stamp file below).
-#   make demo   run the main job on the embedded default
+#   make demo   the main job on its embedded default: `lensray select` on the offline zoo demo
 #   make test   run the test suite (what CI runs, via .ci/run)
-#   make bench  the predictor benchmark on the packaged recorded curves
+#   make bench  the benchmarks (predictor on recorded curves, fit speed, replay sweeps, scale)
 SHELL := bash
 .SHELLFLAGS := -o pipefail -ec
 VENV ?= .venv
@@ -25,11 +25,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lensray bench curves
+	rm -rf out/demo
+	$(VENV)/bin/lensray select --out out
 
 bench: $(STAMP)
 	$(VENV)/bin/lensray bench curves --json out/bench-curves.json
-	$(VENV)/bin/lensray bench fit
+	$(VENV)/bin/lensray bench select --json out/bench-select.json
+	$(VENV)/bin/lensray bench scale --candidates 1000 --json out/bench-scale.json
+	$(VENV)/bin/lensray bench probe --json out/bench-probe.json
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -208,17 +208,21 @@ def synthetic_curves(n: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def bench_scale(candidates: int, out_dir: Path) -> dict:
+def bench_scale(candidates: int, out_dir: Path, synchronous: bool = False) -> dict:
     """A replay sweep over `candidates` synthetic curves at budget T/512: wall time and the
-    share of it spent in the scheduler's decisions."""
+    share of it spent in the scheduler's decisions. Asynchronous decisions by default: with
+    synchronous rungs every size of every probe is a Tune pause and resume, which dominates the
+    wall time of thousands of near-instant replay probes (see README)."""
     from lensray.driver import run_select
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = synthetic_curves(candidates, out_dir / f"synthetic-{candidates}.csv")
-    cfg = _replay_config(path, 3200, 1638400, out_dir, cpus=0.125)
+    cfg = _replay_config(path, 3200, 1638400, out_dir, cpus=0.125, scheduler={"synchronous": synchronous})
     sel = run_select(cfg, quiet=True)
     return {
         "candidates": candidates,
         "wall_s": round(sel.doc["wall_s"], 2),
         "scheduler_share": round(sel.doc["scheduler_s"] / sel.doc["wall_s"], 5),
+        "synchronous": synchronous,
+        "cost_vs_ats": round(sel.doc["cost"]["fraction_of_all_probes"], 4),
     }

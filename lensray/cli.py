@@ -1,7 +1,10 @@
 """The `lensray` command line.
 
     lensray select [CONFIG] [--out DIR] [--resume]        run a selection sweep (default: the demo)
+    lensray verify [CONFIG] [--json OUT]                  fine-tune every candidate at T, score the selection
+    lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
+    lensray bench select | scale | probe                  sweep quality/cost, scale, probe throughput
 
 Errors in the user's input are printed as one line naming the problem and the fix (exit 2);
 a traceback means a bug in lensray.
@@ -26,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output folder")
     select.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    verify = sub.add_parser("verify", help="fine-tune every candidate at the target size and score the selection")
+    verify.add_argument("config", nargs="?", help="the selection's YAML (its `lensray select` run must exist)")
+    verify.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `output`)")
+    verify.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+
+    zoo = sub.add_parser("zoo", help="the offline tiny model zoo")
+    zoo_sub = zoo.add_subparsers(dest="zoo", required=True)
+    build = zoo_sub.add_parser("build", help="build (or reuse) the zoo: 8 tiny causal LMs and a task")
+    build.add_argument("--out", metavar="DIR", default="zoo", help="folder (default: zoo)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the whole zoo (default 0)")
+    build.add_argument("--force", action="store_true", help="rebuild even if it is up to date")
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     curves = bench_sub.add_parser(
@@ -43,8 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--out", metavar="DIR", default="out/bench-select", help="where the sweeps' files go")
     scale = bench_sub.add_parser("scale", help="a replay sweep over many synthetic candidates: wall time, scheduler share")
     scale.add_argument("--candidates", type=int, default=1000, help="pool size (default 1000)")
+    scale.add_argument("--synchronous", action="store_true", help="synchronous rungs (a Tune pause per size; slower)")
     scale.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     scale.add_argument("--out", metavar="DIR", default="out/bench-scale", help="where the sweep's files go")
+    probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s) and memory on this machine")
+    probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
+    probe.add_argument("--model", default="llama-copy-96", help="zoo model (default llama-copy-96)")
+    probe.add_argument("--size", type=int, default=1024, help="examples fine-tuned on (default 1024)")
+    probe.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    probe.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (default 2)")
+    probe.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
+    probe.add_argument("--micro-batch", type=int, default=8, help="examples per worker per step (default 8)")
+    probe.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     return parser
 
 
@@ -53,6 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "select":
             return _select(args)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "zoo":
+            from pathlib import Path
+
+            from lensray.zoo import build_zoo
+
+            build_zoo(Path(args.out), seed=args.seed, force=args.force)
+            return 0
+        if args.command == "bench" and args.bench == "probe":
+            return _bench_probe(args)
         if args.command == "bench" and args.bench == "curves":
             from lensray.bench import run_bench_curves
 
@@ -79,7 +115,47 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         paths = [Path(p) for p in args.data] if args.data else packaged_curves()
         result = bench.bench_select(paths, out)
     else:
-        result = bench.bench_scale(args.candidates, out)
+        result = bench.bench_scale(args.candidates, out, args.synchronous)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    """The config named on the command line (default: the packaged demo), with --out applied."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from lensray.config import DEMO_CONFIG, load_config
+
+    cfg = load_config(args.config or DEMO_CONFIG)
+    return replace(cfg, output=str(Path(args.out).resolve())) if args.out else cfg
+
+
+def _bench_probe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lensray.probe import bench_probe
+    from lensray.zoo import build_zoo
+
+    build_zoo(Path(args.zoo))
+    result = bench_probe(Path(args.zoo), args.model, args.size, args.workers, args.zero_stage, args.lora, args.micro_batch)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lensray.verify import run_verify
+
+    result = run_verify(_load(args))
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -88,15 +164,9 @@ def _bench_sweep(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-    from pathlib import Path
-
-    from lensray.config import load_config
     from lensray.driver import experiment_dir, run_select
 
-    cfg = load_config(args.config)
-    if args.out:
-        cfg = replace(cfg, output=str(Path(args.out).resolve()))
+    cfg = _load(args)
     selection = run_select(cfg, resume=args.resume, quiet=args.quiet)
     cost = selection.doc["cost"]
     print(f"selected: {selection.selected}")

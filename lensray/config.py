@@ -22,8 +22,12 @@ from typing import Any
 
 import yaml
 
+from lensray.data import DataConfig
 from lensray.fit import FitConfig
+from lensray.probe import ProbeConfig
 
+DEMO_CONFIG = Path(__file__).parent / "resources" / "configs" / "demo.yaml"
+"""What `lensray select` runs with no CONFIG: the zoo demo."""
 NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
 
 
@@ -79,8 +83,8 @@ class PlanConfig:
             raise ConfigError(f"plan.sizes must be positive and strictly increasing, got {self.sizes}")
         if self.sizes and self.sizes[-1] > self.budget:
             raise ConfigError(f"plan.sizes go up to {self.sizes[-1]} > plan.budget {self.budget}; drop them or raise the budget")
-        if len(self.resolved_sizes()) < 2:
-            raise ConfigError(f"plan gives fewer than 2 sizes up to the budget {self.budget}; lower plan.start or raise plan.budget")
+        if not self.resolved_sizes():
+            raise ConfigError(f"plan gives no size up to the budget {self.budget}; lower plan.start or raise plan.budget")
 
     def resolved_sizes(self) -> list[int]:
         """The subset sizes, in order."""
@@ -174,8 +178,17 @@ class SelectConfig:
     """Curve fitting."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """Replay backend settings."""
+    data: DataConfig | None = None
+    """The fine-tuning data set (hf backend); its `sizes` come from `plan`."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """How probes fine-tune (hf backend): DeepSpeed, precision, batch, learning rate, LoRA.
+    Workers, CPUs and GPUs are set in `resources`."""
+    zoo: str = ""
+    """Folder of the offline tiny zoo (built there if missing, see `lensray zoo build`). With it,
+    a model named without a path is the zoo's, an empty pool is the whole zoo, and a data
+    section without a path uses the zoo's task."""
     output: str = "out"
-    """Folder for the experiment state and the report files."""
+    """Folder for the experiment state and the report files (relative to the working folder)."""
     ray_address: str = ""
     """Ray cluster to join (`auto`, `ray://host:10001`, ...); empty = $RAY_ADDRESS, else a local Ray."""
     seed: int = 0
@@ -197,8 +210,25 @@ class SelectConfig:
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ConfigError(f"pool.models: candidate names must be unique, repeated: {dups}")
-        if self.backend == "hf" and not names:
-            raise ConfigError("pool.models is empty: list at least one model (name and path)")
+        if self.backend == "hf":
+            if not names:
+                raise ConfigError("pool.models is empty: list at least one model (name and path), or set `zoo`")
+            if self.data is None:
+                raise ConfigError("data is missing: the hf backend needs a data section (at least data.path)")
+            for key in ("num_workers", "cpus_per_worker", "device", "storage_path", "seed"):
+                if getattr(self.probe, key) != getattr(ProbeConfig(), key):
+                    where = "resources.workers / resources.cpus_per_worker / resources.gpus_per_worker, output, seed"
+                    raise ConfigError(f"probe.{key} is set by lensray; use {where} instead")
+            if self.scheduler.enabled and self.scheduler.synchronous:
+                raise ConfigError(
+                    "scheduler.synchronous is not supported with backend hf yet: each resume would restart "
+                    "the probe's Ray Train workers and DeepSpeed (~40 s on CPU); set scheduler.synchronous: false"
+                )
+        if self.scheduler.enabled and len(self.plan.resolved_sizes()) < self.fit.window:
+            raise ConfigError(
+                f"plan gives {len(self.plan.resolved_sizes())} sizes; the fit needs at least fit.window="
+                f"{self.fit.window}: add sizes (lower plan.start or raise plan.budget)"
+            )
         if self.backend == "replay" and not self.replay.curves:
             raise ConfigError("replay.curves is empty: the replay backend needs a curves CSV/Parquet")
 
@@ -214,11 +244,11 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
         return _from_dict(tp, value, where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return origin(_build(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _build(args[0], value, where)
@@ -263,13 +293,36 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     _model_entries(raw)
     if base_dir is not None:
-        for section, key in (("replay", "curves"),):
+        for section, key in (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config")):
             sec = raw.get(section)
             if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
-        if isinstance(raw.get("output"), str) and not Path(raw["output"]).is_absolute():
-            raw["output"] = str((Path.cwd() / raw["output"]).resolve())
+    for key in ("output", "zoo"):  # working folders: relative to where lensray runs
+        if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
+            raw[key] = str((Path.cwd() / raw[key]).resolve())
+    if raw.get("zoo"):
+        _zoo_defaults(raw, Path(raw["zoo"]))
+    if isinstance(raw.get("data"), dict):
+        plan = _from_dict(PlanConfig, raw.get("plan") or {}, "plan")
+        if "sizes" in raw["data"]:
+            raise ConfigError("data.sizes is set by lensray from the plan; use plan.sizes (or plan.start/budget)")
+        raw["data"]["sizes"] = plan.resolved_sizes()
     return _from_dict(SelectConfig, raw, "")
+
+
+def _zoo_defaults(raw: dict, zoo: Path) -> None:
+    """Fill the pool and the data from the offline zoo where the config leaves them out."""
+    from lensray.zoo import ZOO
+
+    pool = raw.setdefault("pool", {})
+    if not pool.get("models"):
+        pool["models"] = [{"name": m.name} for m in ZOO]
+    for m in pool["models"]:
+        if isinstance(m, dict) and not m.get("path"):
+            m["path"] = str(zoo / "models" / m.get("name", ""))
+    data = raw.setdefault("data", {})
+    if isinstance(data, dict) and not data.get("path"):
+        data["path"] = str(zoo / "task.jsonl")
 
 
 def load_config(path: str | Path) -> SelectConfig:

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from lensray.config import ConfigError, SelectConfig, to_dict
+from lensray.config import ConfigError, SelectConfig
+from lensray.probe import failure_reason
 from lensray.report import Selection, build_selection, write_report
 from lensray.scheduler import FAILED, FINISHED, STOPPED, CurveFitScheduler, read_state
 
@@ -45,12 +46,16 @@ def init_ray(cfg: SelectConfig) -> None:
         ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 
 
+HF_TRIAL_CPU = 0.1
+"""CPU an hf trial reserves for itself: it only drives a TorchTrainer, whose workers reserve
+their own CPUs and GPUs (Tune refuses a trial with no resources at all)."""
+
+
 def probe_resources(cfg: SelectConfig) -> dict[str, float]:
     """Resources one trial reserves."""
     if cfg.backend == "replay":
         return {"CPU": cfg.resources.cpus_per_worker}
-    # An hf trial only drives a TorchTrainer, whose workers reserve their own CPUs/GPUs.
-    return {"CPU": 0}
+    return {"CPU": HF_TRIAL_CPU}
 
 
 def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
@@ -62,12 +67,12 @@ def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
     if cfg.backend == "replay":
         fit = int(total.get("CPU", 1) // r.cpus_per_worker)
     else:
-        fit = int(total.get("CPU", 1) // (r.workers * r.cpus_per_worker))
+        fit = int(total.get("CPU", 1) // (r.workers * r.cpus_per_worker + HF_TRIAL_CPU))
         if r.gpus_per_worker > 0:
             fit = min(fit, int(total.get("GPU", 0) // (r.workers * r.gpus_per_worker)))
     if fit < 1:
         raise ConfigError(
-            f"one probe needs {r.workers} x {r.cpus_per_worker} CPU and {r.workers} x "
+            f"one probe needs {r.workers} x {r.cpus_per_worker} CPU (+{HF_TRIAL_CPU} for its trial) and {r.workers} x "
             f"{r.gpus_per_worker} GPU but the cluster has {total.get('CPU', 0)} CPU / "
             f"{total.get('GPU', 0)} GPU: lower resources.* or add nodes"
         )
@@ -88,7 +93,7 @@ def candidate_rows(cfg: SelectConfig) -> dict[str, str]:
 class _Progress:
     """A Tune callback printing every new scheduler decision as one line (stderr)."""
 
-    def __new__(cls, scheduler: CurveFitScheduler, total: int, stream=sys.stderr):
+    def __new__(cls, scheduler: CurveFitScheduler, total: int):
         from ray.tune import Callback
 
         class Progress(Callback):
@@ -105,8 +110,13 @@ class _Progress:
                     print(
                         f"[{time.time() - self.t0:7.1f}s {done}/{total} done] {d['candidate']} D={d['size']} "
                         f"loss={loss:.4g}{pred} {d['decision']}: {d['reason']}",
-                        file=stream, flush=True,
+                        file=sys.stderr, flush=True,
                     )
+
+            def on_trial_error(self, iteration, trials, trial, **info) -> None:
+                reason = failure_reason(getattr(trial, "error", None)) or "see the trial's error file"
+                print(f"[{time.time() - self.t0:7.1f}s] {trial.config.get('candidate')} FAILED: {reason}",
+                      file=sys.stderr, flush=True)
 
         return Progress()
 
@@ -125,6 +135,10 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
             "`name`/`output` (nothing was overwritten)"
         )
     exp.mkdir(parents=True, exist_ok=True)
+    if cfg.zoo:
+        from lensray.zoo import build_zoo
+
+        build_zoo(Path(cfg.zoo))
     rows = candidate_rows(cfg)
     before = read_state(state_path)
     todo = [c for c in rows if before.status.get(c, ("",))[0] not in (FINISHED, STOPPED)]
@@ -134,7 +148,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
     t0 = time.time()
     if todo:
         job = {
-            "config": to_dict(cfg),
+            "config": cfg,
             "rows": rows,
             "skip": {c: [o.size for o in obs] for c, obs in before.observations.items()},
         }
@@ -155,23 +169,15 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
                 callbacks=[] if quiet else [_Progress(scheduler, len(rows))],
             ),
         )
-        # lensray prints its own progress (stderr); Tune's console tables would only repeat it.
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        # lensray prints its own progress and one line per failed probe (stderr); Tune's console
+        # tables and its tracebacks of failed trials would only repeat them.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         with contextlib.redirect_stdout(io.StringIO()):
             results = tuner.fit()
         for r in results:
             if r.error is not None:
-                errors[r.config["candidate"]] = _error_reason(r.error)
+                errors[r.config["candidate"]] = failure_reason(r.error)
     state = read_state(state_path)
     selection = build_selection(cfg, rows, state, errors, wall_s=time.time() - t0, scheduler_s=scheduler.decide_seconds)
     write_report(selection, exp)
     return selection
-
-
-def _error_reason(err: BaseException) -> str:
-    """The probe's own message, without Ray's wrapping."""
-    cause = err
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    text = str(cause).strip().splitlines()
-    return text[-1] if text else type(cause).__name__

@@ -29,9 +29,11 @@ most recent slope is the least biased. Its variance at T::
 
     Var = sigma^2 * (1/w + Delta^2 / S_xx) + (eps * Delta)^2,   Delta = log T - mean(log D_w)
 
-sigma^2: log-space noise (residuals of a quadratic in log D, pooled); eps: slope error per unit
-of log-distance, measured by a backtest inside the observed range (each curve's last point
+sigma^2: log-space noise (residuals of a quadratic in log D); eps: slope error per unit of
+log-distance, measured by a backtest inside the observed range (each curve's last point
 predicted from the window before it), so the interval also carries the extrapolation error.
+Both are pooled over the candidates fitted together by the median, so that a few curves in an
+abrupt transition do not set every candidate's interval.
 
 Both return `CurveFit` values; a fit that cannot be trusted has ok=False and a reason.
 """
@@ -39,11 +41,11 @@ Both return `CurveFit` values; a fit that cannot be trusted has ok=False and a r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 from scipy.special import logsumexp
-from scipy.stats import norm
 
 from lensray.laws import rectified_params, rectified_shape, vanilla_shape
 
@@ -285,27 +287,13 @@ def fit_law(
     return fits
 
 
-def fit_local(
-    sizes,
-    losses,
-    target: int,
-    names: list[str] | None = None,
-    config: FitConfig | None = None,
-) -> list[CurveFit]:
-    """lensray's default: extrapolate the local log-log slope at the largest sizes to `target`."""
+def local_noise(sizes, losses, config: FitConfig | None = None) -> tuple[float, float]:
+    """(sigma^2, eps^2) of the local fit, pooled over the rows of `losses` (see the module
+    docstring); what `fit_local` estimates when it is not given them."""
     cfg = config or FitConfig()
-    x, y, names = _prepare(sizes, losses, names)
-    m, n = y.shape
-    k = cfg.window
-    if n < k:
-        return _failed(names, "local", target, n, f"{n} sizes observed; the local fit needs {k}")
+    x, y, _ = _prepare(sizes, losses, None)
+    n, k = x.size, cfg.window
     log_x, ly = np.log(x), np.log(y)
-    u = log_x[-k:] - log_x[-k:].mean()
-    s_xx = float((u**2).sum())
-    slope = (ly[:, -k:] * u).sum(1) / s_xx
-    icept = ly[:, -k:].mean(1)
-    delta = float(np.log(target) - log_x[-k:].mean())
-    pred = icept + slope * delta
     # Noise per point: residuals of a quadratic in log D (curvature is signal, not noise).
     if n >= 4:
         coef = np.polynomial.polynomial.polyfit(log_x, ly.T, 2)  # (3, m)
@@ -325,9 +313,39 @@ def fit_local(
         d1 = float(log_x[-1] - log_x[-b - 1 : -1].mean())
         r = ly[:, -1] - (ly[:, -b - 1 : -1].mean(1) + sb * d1)
         stat = sigma2 * (1.0 + 1.0 / b + d1**2 / float((ub**2).sum()))
-        eps2 = max(float(np.mean(r**2)) - stat, 0.0) / d1**2
+        eps2 = max(float(np.median(r**2)) - stat, 0.0) / d1**2
+    return sigma2, eps2
+
+
+def fit_local(
+    sizes,
+    losses,
+    target: int,
+    names: list[str] | None = None,
+    config: FitConfig | None = None,
+    noise: tuple[float, float] | None = None,
+) -> list[CurveFit]:
+    """lensray's default: extrapolate the local log-log slope at the largest sizes to `target`.
+
+    `noise`: (sigma^2, eps^2) from `local_noise` over a larger pool (the scheduler keeps one per
+    rung); by default they are estimated from the rows given.
+    """
+    cfg = config or FitConfig()
+    x, y, names = _prepare(sizes, losses, names)
+    m, n = y.shape
+    k = cfg.window
+    if n < k:
+        return _failed(names, "local", target, n, f"{n} sizes observed; the local fit needs {k}")
+    sigma2, eps2 = noise if noise is not None else local_noise(x, y, cfg)
+    log_x, ly = np.log(x), np.log(y)
+    u = log_x[-k:] - log_x[-k:].mean()
+    s_xx = float((u**2).sum())
+    slope = (ly[:, -k:] * u).sum(1) / s_xx
+    icept = ly[:, -k:].mean(1)
+    delta = float(np.log(target) - log_x[-k:].mean())
+    pred = icept + slope * delta
     sd = np.sqrt(sigma2 * (1.0 / k + delta**2 / s_xx) + eps2 * delta**2)
-    z = float(norm.ppf(0.5 + cfg.level / 2.0))
+    z = NormalDist().inv_cdf(0.5 + cfg.level / 2.0)
     flat = _flat(y, sigma2)
     fits = []
     for i in range(m):

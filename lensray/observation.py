@@ -6,7 +6,7 @@ predictors, the scheduler and the report consume them. Plain data, no heavy impo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -30,4 +30,8 @@ class Observation:
     """Backend-specific measurements (e.g. the NTK term of LensLLM, metric details)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f: getattr(self, f) for f in FIELDS} | {"extra": dict(self.extra)}
+
+
+FIELDS = ("candidate", "size", "loss", "tokens", "flops", "wall_s")
+"""The scalar fields, in order (extra is a dict)."""

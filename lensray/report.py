@@ -226,7 +226,8 @@ def _plot(selection: Selection, path: Path, most: int = 12) -> None:
     ax.set_xlabel("fine-tuning examples D")
     ax.set_ylabel(f"held-out {selection.doc['ranked_by']}")
     ax.set_title(f"Probed curves and extrapolation to T={target:,} (x = stopped early)")
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # no fitted candidate: nothing to label
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -29,6 +29,7 @@ its state.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import pickle
@@ -41,7 +42,7 @@ import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lensray.config import SchedulerConfig
-from lensray.fit import CurveFit, FitConfig, fit_local
+from lensray.fit import CurveFit, FitConfig, fit_local, local_noise
 from lensray.observation import Observation
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ class CurveFitScheduler(FIFOScheduler):
         self.state_path = Path(state_path) if state_path else None
         self.curves: dict[str, _Curve] = {}
         self.decisions: list[dict[str, Any]] = []
+        # Kept incrementally so a decision costs O(k log N), not O(N), in pools of thousands:
+        self._upper: dict[str, float] = {}  # pessimistic bound of every reliable, non-failed fit
+        self._ended = 0  # candidates stopped or failed
+        self._noise: dict[int, tuple[int, tuple[float, float]]] = {}  # rung -> (peers, noise)
+        self._reached: dict[int, int] = {}  # number of sizes -> candidates that observed them
         self.decide_seconds = 0.0
         """Time spent in `observe` (fit, decision, side file): the scheduler's share of a sweep."""
         if self.state_path and self.state_path.exists():
@@ -98,7 +104,8 @@ class CurveFitScheduler(FIFOScheduler):
             Observation(
                 str(name), int(size), float(loss), int(result.get("tokens", 0)),
                 float(result.get("flops", 0.0)), float(result.get("wall_s", 0.0)),
-                dict(result.get("extra") or {}),
+                # Tune flattens nested metrics: {"extra": {"a": 1}} arrives as {"extra/a": 1}
+                dict(result.get("extra") or {k[6:]: v for k, v in result.items() if k.startswith("extra/")}),
             )
         )
 
@@ -133,6 +140,11 @@ class CurveFitScheduler(FIFOScheduler):
             if self._record(name, curve, rung_complete=True, refit=False) == TrialScheduler.STOP:
                 tune_controller.stop_trial(trial)
         return next((t for t, _, c in ready if c.status == RUNNING), None)
+
+    def _curve(self, name: str) -> _Curve:
+        if name not in self.curves:
+            self.curves[name] = _Curve()
+        return self.curves[name]
 
     def _last_size(self, name: str | None) -> int:
         curve = self.curves.get(name) if name is not None else None
@@ -170,13 +182,14 @@ class CurveFitScheduler(FIFOScheduler):
         """Record one Observation and decide CONTINUE or STOP for its candidate."""
         t0 = time.perf_counter()
         name, size, loss = obs.candidate, obs.size, obs.loss
-        curve = self.curves.setdefault(name, _Curve())
+        curve = self._curve(name)
         if size in curve.sizes:  # a re-run after a failure or resume reports the size again
             curve.losses[curve.sizes.index(size)] = loss
         else:
-            order = np.searchsorted(curve.sizes, size)
+            order = int(np.searchsorted(curve.sizes, size))
             curve.sizes.insert(order, size)
             curve.losses.insert(order, loss)
+            self._reached[len(curve.sizes)] = self._reached.get(len(curve.sizes), 0) + 1
         self._log({"event": "observation", **obs.to_dict()})
         if self._pause_after(size):  # decided once the whole rung is in (choose_trial_to_run)
             decision = TrialScheduler.PAUSE
@@ -202,8 +215,16 @@ class CurveFitScheduler(FIFOScheduler):
             curve.rung_decided = curve.sizes[-1]
         self._note(name, curve.sizes[-1], decision, reason, curve.fit if curve.fit is not None and curve.fit.ok else None)
         if decision == TrialScheduler.STOP:
-            curve.status, curve.reason = STOPPED, reason
+            self._status(name, curve, STOPPED, reason)
         return decision
+
+    def _status(self, name: str, curve: _Curve, status: str, reason: str) -> None:
+        """The one place a candidate's status changes (keeps the counters right)."""
+        ended = (STOPPED, FAILED)
+        self._ended += (status in ended) - (curve.status in ended)
+        curve.status, curve.reason = status, reason
+        if status == FAILED:
+            self._upper.pop(name, None)
 
     def _note(self, name: str, size: int, decision: str, reason: str, fit: CurveFit | None = None) -> None:
         record = {"event": "decision", "candidate": name, "size": size, "decision": decision, "reason": reason}
@@ -213,39 +234,44 @@ class CurveFitScheduler(FIFOScheduler):
         self._log(record)
 
     def _refit(self, name: str, curve: _Curve) -> None:
-        """Fit `name` together with every candidate that reached the same sizes: the noise and
-        the extrapolation error are estimated from the whole rung, not from a few points."""
+        """Fit `name` with the noise and extrapolation error of every candidate that reached the
+        same sizes (estimated from the whole rung, not from a few points; re-estimated whenever
+        the rung has grown by a tenth)."""
         n = len(curve.sizes)
         if n < self.config.min_points:
             return
-        peers = [other for other, c in self.curves.items() if other != name and c.sizes[:n] == curve.sizes]
-        losses = [curve.losses] + [self.curves[p].losses[:n] for p in peers]
-        curve.fit = fit_local(curve.sizes, losses, self.target, [name, *peers], self.fit_config)[0]
+        count = self._reached.get(n, 0)
+        seen, noise = self._noise.get(n, (0, None))
+        if noise is None or count >= max(seen + 1, 1.1 * seen) and seen < 20 or count >= 1.1 * seen:
+            rows = [c.losses[:n] for c in self.curves.values() if c.sizes[:n] == curve.sizes]
+            noise = local_noise(curve.sizes, rows, self.fit_config)
+            self._noise[n] = (count, noise)
+        curve.fit = fit_local(curve.sizes, [curve.losses], self.target, [name], self.fit_config, noise)[0]
+        if curve.fit.ok and curve.status != FAILED:
+            self._upper[name] = curve.fit.interval[1]
+        else:
+            self._upper.pop(name, None)
 
     def _decide(self, name: str, curve: _Curve, refit: bool = True) -> tuple[str, str]:
         cfg = self.config
         if not cfg.enabled:
             return TrialScheduler.CONTINUE, "early stopping disabled"
-        if self.budget is not None and curve.sizes[-1] >= self.budget:
-            return TrialScheduler.CONTINUE, "reached the budget"
         if len(curve.sizes) < cfg.min_points:
             return TrialScheduler.CONTINUE, f"{len(curve.sizes)} of {cfg.min_points} sizes needed to decide"
         if refit:
             self._refit(name, curve)
+        if self.budget is not None and curve.sizes[-1] >= self.budget:
+            return TrialScheduler.CONTINUE, "reached the budget"
         if not curve.fit.ok:
             return TrialScheduler.CONTINUE, f"fit not reliable: {curve.fit.reason}"
-        alive = sum(c.status in (RUNNING, FINISHED) for c in self.curves.values())
+        alive = len(self.curves) - self._ended
         if alive <= cfg.top_k:
             return TrialScheduler.CONTINUE, f"only {alive} candidates left; keeping the top {cfg.top_k}"
-        others = [
-            (c.fit.interval[1], other)
-            for other, c in self.curves.items()
-            if other != name and c.fit is not None and c.fit.ok and c.status != FAILED
-        ]
+        best = heapq.nsmallest(cfg.top_k + 1, self._upper.items(), key=lambda kv: kv[1])
+        others = [(bound, other) for other, bound in best if other != name][: cfg.top_k]
         if len(others) < cfg.top_k:
             return TrialScheduler.CONTINUE, f"fewer than {cfg.top_k} other reliable fits to compare with"
-        others.sort()
-        bound, rival = others[cfg.top_k - 1]
+        bound, rival = others[-1]
         lo = curve.fit.interval[0]
         if lo > bound:
             return TrialScheduler.STOP, (
@@ -258,9 +284,9 @@ class CurveFitScheduler(FIFOScheduler):
     def _set_status(self, name: str | None, status: str, reason: str) -> None:
         if name is None:
             return
-        curve = self.curves.setdefault(str(name), _Curve())
+        curve = self._curve(str(name))
         if curve.status == RUNNING:
-            curve.status, curve.reason = status, reason
+            self._status(str(name), curve, status, reason)
             self._log({"event": "status", "candidate": str(name), "status": status, "reason": reason})
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -284,11 +310,9 @@ class CurveFitScheduler(FIFOScheduler):
             if rec.get("event") == "observation":
                 self.observe(_observation(rec))
             elif rec.get("event") == "decision" and rec.get("decision") == TrialScheduler.STOP:
-                curve = self.curves.setdefault(rec["candidate"], _Curve())
-                curve.status, curve.reason = STOPPED, rec.get("reason", "")
+                self._status(rec["candidate"], self._curve(rec["candidate"]), STOPPED, rec.get("reason", ""))
             elif rec.get("event") == "status":
-                self.curves.setdefault(rec["candidate"], _Curve()).status = rec["status"]
-                self.curves[rec["candidate"]].reason = rec.get("reason", "")
+                self._status(rec["candidate"], self._curve(rec["candidate"]), rec["status"], rec.get("reason", ""))
         self.state_path = log
 
 

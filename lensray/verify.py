@@ -1,0 +1,60 @@
+"""`lensray verify`: check a selection against the truth by fine-tuning every candidate at T.
+
+    lensray verify CONFIG [--json OUT]
+
+Runs the same sweep as `lensray select` with one planned size, the target T, and no early
+stopping (in `<output>/<name>-verify/`, resumable), then scores the selection made by the select
+run of that CONFIG::
+
+    relacc        = 100 * (L_worst - L_selected) / (L_worst - L_best),   L = loss at T
+    pearcorr      = 100 * Pearson(predicted loss, L) over the candidates with a prediction
+    cost_fraction = FLOPs the select run spent / FLOPs of fine-tuning every candidate at T
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+
+from lensray.bench import pearcorr, relacc
+from lensray.config import ConfigError, PlanConfig, SelectConfig
+from lensray.driver import experiment_dir, run_select
+
+
+def verify_config(cfg: SelectConfig) -> SelectConfig:
+    """The select config turned into its verification: every candidate fine-tuned at T."""
+    t = cfg.plan.target
+    return replace(
+        cfg,
+        name=f"{cfg.name}-verify",
+        plan=PlanConfig(sizes=[t], start=t, budget=t, target=t),
+        data=replace(cfg.data, sizes=(t,)) if cfg.data is not None else None,
+        scheduler=replace(cfg.scheduler, enabled=False),
+    )
+
+
+def run_verify(cfg: SelectConfig) -> dict:
+    """Fine-tune every candidate at T (resuming a partial verification) and score the selection."""
+    path = experiment_dir(cfg) / "selection.json"
+    if not path.is_file():
+        raise ConfigError(f"no selection at {path}: run `lensray select` with this config first")
+    selection = json.loads(path.read_text())
+    truth_run = run_select(verify_config(cfg), resume=True)
+    truth = {e["candidate"]: e["losses"][0] for e in truth_run.doc["ranking"] if e["losses"]}
+    if selection["selected"] not in truth:
+        raise ConfigError(f"the selected candidate {selection['selected']!r} has no loss at T: see {truth_run.doc}")
+    names = list(truth)
+    losses = np.array([truth[n] for n in names])
+    predicted = {e["candidate"]: e["predicted_loss"] for e in selection["ranking"] if e["predicted_loss"] is not None}
+    both = [n for n in names if n in predicted]
+    spent, full = selection["cost"]["flops_spent"], truth_run.doc["cost"]["flops_spent"]
+    return {
+        "relacc": relacc(names.index(selection["selected"]), losses),
+        "pearcorr": pearcorr(np.array([predicted[n] for n in both]), np.array([truth[n] for n in both])),
+        "cost_fraction": spent / full if full else None,
+        "selected": selection["selected"],
+        "best": names[int(np.argmin(losses))],
+        "loss_at_target": truth,
+    }
