@@ -25,8 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	rm -rf out/demo
-	$(VENV)/bin/lensray select --out out
+	$(VENV)/bin/lensray select --resume
 
 bench: $(STAMP)
 	$(VENV)/bin/lensray bench curves --json out/bench-curves.json
