@@ -17,7 +17,7 @@ Use it::
                      probe=ProbeConfig(num_workers=2, zero_stage=2))
     observations = run_probe(spec)          # no Tune needed; starts a local Ray if none
 
-    tune.Tuner(hf_probe, param_space={...ProbeSpec.to_dict()...})   # one trial per candidate
+In a selection sweep, `lensray.trial.probe_trial` calls `run_probe` inside each Tune trial.
 
 How it is cut: the trial process (`run_probe`) loads the tokenizer, tokenises the data (cached,
 lensray.data), and starts ONE `TorchTrainer` whose workers loop over the sizes (a Ray worker
@@ -423,19 +423,6 @@ def _observation(d: dict[str, Any]) -> Observation:
         candidate=d["candidate"], size=int(d["size"]), loss=float(d["loss"]), tokens=int(d["tokens"]),
         flops=float(d["flops"]), wall_s=float(d["wall_s"]), extra=dict(d.get("extra", {})),
     )
-
-
-def hf_probe(config: dict[str, Any]) -> None:
-    """Ray Tune trial function: run the probe described by `config` (ProbeSpec.to_dict()).
-
-    Each size's Observation reaches Tune through ray.train.report in the workers and Ray's
-    TuneReportCallback, with metrics "candidate", "size", "loss", "tokens", "flops", "wall_s",
-    "extra". Use the subset size (not training_iteration) as the progress attribute. A failed
-    probe raises ProbeError, which ends this trial only; read it with failure_reason(result.error).
-    The trial itself only waits: give it few resources (e.g. tune.with_resources(hf_probe,
-    {"cpu": 0.1})) and set max_concurrent_trials from num_workers x cpus_per_worker.
-    """
-    run_probe(ProbeSpec.from_dict(config))
 
 
 # --------------------------------------------------------------------------------------------

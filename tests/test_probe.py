@@ -20,7 +20,6 @@ from lensray.probe import (
     ProbeError,
     ProbeSpec,
     builtin_deepspeed_template,
-    failure_reason,
     fill_deepspeed_config,
     load_tokenizer,
     run_probe,
@@ -79,30 +78,6 @@ def test_lora_two_workers_with_truncated_examples(zoo_manifest, ray_local, tmp_p
     extra = observations[0].extra
     assert extra["lora"] and 0 < extra["trainable_params"] < extra["n_params"] / 4
     assert extra["n_truncated"] == 4096 and extra["n_dropped"] == 0
-
-
-@pytest.mark.slow
-def test_tune_trial_reports_every_size_and_records_failures(zoo_manifest, ray_local, tmp_path):
-    from ray import tune
-
-    from lensray.probe import hf_probe
-
-    good = make_spec(zoo_manifest, tmp_path, model="neox-copy-48", data={"sizes": (8, 16)}).to_dict()
-    bad = make_spec(zoo_manifest, tmp_path, model=str(tmp_path / "missing-model"), data={"sizes": (8, 16)}).to_dict()
-    tuner = tune.Tuner(
-        tune.with_resources(hf_probe, {"cpu": 0.1}),
-        param_space=tune.grid_search([good, bad]),
-        tune_config=tune.TuneConfig(max_concurrent_trials=1),
-        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
-    )
-    results = {r.config["candidate"]: r for r in tuner.fit()}
-    curve = results["neox-copy-48"].metrics_dataframe
-    assert list(curve["size"]) == [8, 16]
-    assert {"candidate", "loss", "tokens", "flops", "wall_s"} <= set(curve.columns)
-    assert (curve["candidate"] == "neox-copy-48").all() and curve["loss"].iloc[1] < curve["loss"].iloc[0]
-    failed = results[str(tmp_path / "missing-model")]
-    assert failed.error is not None
-    assert "does not exist" in failure_reason(failed.error)
 
 
 @pytest.mark.slow

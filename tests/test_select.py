@@ -138,7 +138,7 @@ def test_plan_sizes_must_be_in_the_curves(tmp_path):
     from lensray.driver import candidate_rows
 
     with pytest.raises(ConfigError, match="not columns"):
-        candidate_rows(replay_cfg(tmp_path, plan={"sizes": [300, 600], "budget": 600}))
+        candidate_rows(replay_cfg(tmp_path, plan={"sizes": [300, 600, 1200], "budget": 1200}))
 
 
 def test_yaml_paths_are_relative_to_the_config(tmp_path):

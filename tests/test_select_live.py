@@ -19,7 +19,7 @@ def live(zoo_dir, tmp_path_factory):
         "name": "live",
         "backend": "hf",
         "zoo": str(zoo_dir),
-        "pool": {"models": POOL},
+        "pool": {"models": POOL + [{"name": "missing", "path": str(out / "no-such-model")}]},
         "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512},
         "data": {"max_length": 32, "eval_size": 64},
         "probe": {"zero_stage": 2, "micro_batch": 8, "lr": 0.001, "epochs": 2, "ntk_examples": 4},
@@ -35,8 +35,11 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
     cfg, sel, folder = live
     doc = json.loads((folder / "selection.json").read_text())
     by_name = {e["candidate"]: e for e in doc["ranking"]}
-    assert set(by_name) == set(POOL)
-    for e in doc["ranking"]:
+    assert set(by_name) == set(POOL) | {"missing"}
+    missing = by_name.pop("missing")  # a probe that fails is recorded; nothing else is affected
+    assert missing["status"] == "failed" and "does not exist" in missing["reason"]
+    assert doc["ranking"][-1]["candidate"] == "missing"
+    for e in by_name.values():
         assert e["status"] in ("finished", "stopped early"), e
         assert e["sizes"] == [32, 64, 128][: len(e["sizes"])]  # one Observation per size, in order
         assert e["status"] != "finished" or len(e["sizes"]) == 3
@@ -53,7 +56,7 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
 def test_live_verify_scores_the_selection(live):
     cfg, sel, _ = live
     result = run_verify(cfg)
-    assert set(result["loss_at_target"]) == set(POOL)
+    assert set(result["loss_at_target"]) == set(POOL)  # the failing candidate fails again
     assert result["best"] == "neox-copy-48" and result["relacc"] == 100.0
     assert 0 < result["cost_fraction"] < 1
 
