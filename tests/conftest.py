@@ -45,11 +45,12 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A local Ray for the session (2 logical CPUs, no dashboard), shut down at the end."""
+    """A local Ray for the session (2 logical CPUs; dashboard on 127.0.0.1, as `lensray select`
+    starts it, so Ray Train can free a stopped probe's placement group), shut down at the end."""
     ray = pytest.importorskip("ray")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
         started = True
     yield ray
     if started:
