@@ -2,6 +2,8 @@
 
     lensray select [CONFIG] [--out DIR] [--resume]        run a selection sweep (default: the demo)
     lensray verify [CONFIG] [--json OUT]                  fine-tune every candidate at T, score the selection
+    lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait]   run it as a Ray job on a cluster
+    lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
     lensray bench select | scale | probe                  sweep quality/cost, scale, probe throughput
@@ -17,6 +19,7 @@ import sys
 
 from lensray.config import ConfigError
 from lensray.curves import CurveError
+from lensray.jobs import JobError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("config", nargs="?", help="the selection's YAML (its `lensray select` run must exist)")
     verify.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `output`)")
     verify.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+
+    submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
+    submit.add_argument("config", nargs="?", help="selection YAML; its folder is uploaded as the job's working dir")
+    submit.add_argument("--out", metavar="DIR", help="output on storage the cluster shares (absolute path or URI)")
+    submit.add_argument("--resume", action="store_true", help="continue the sweep already in the output")
+    submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 unless it succeeded")
+    submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the job's driver (default 0)")
+    submit.add_argument("--entrypoint-gpus", type=float, default=0.0, help="GPUs reserved for the job's driver (default 0)")
+    for name, text in (("jobs", "list the cluster's jobs"), ("logs", "print a job's logs"), ("stop", "stop a job")):
+        p = sub.add_parser(name, help=text)
+        if name != "jobs":
+            p.add_argument("job", help="the submission id `lensray submit` printed")
+    for p in (submit, sub.choices["jobs"], sub.choices["logs"], sub.choices["stop"]):
+        p.add_argument("--address", metavar="URL", help="the job server, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
 
     zoo = sub.add_parser("zoo", help="the offline tiny model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo", required=True)
@@ -80,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _select(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command in ("submit", "jobs", "logs", "stop"):
+            return _jobs(args)
         if args.command == "zoo":
             from pathlib import Path
 
@@ -95,10 +114,40 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench_curves(args.data, args.json)
         if args.command == "bench":
             return _bench_sweep(args)
-    except (ConfigError, CurveError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, CurveError, JobError, ValueError) as err:
+        print(f"lensray: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        if not err.filename:  # not a path the user gave: a bug, keep its traceback
+            raise
         print(f"lensray: error: {err}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args}")  # argparse guarantees a known command
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from lensray import jobs
+
+    if args.command == "submit":
+        sub = jobs.plan_submission(args.config, args.out, args.resume, args.entrypoint_cpus, args.entrypoint_gpus)
+        job_id = jobs.submit(sub, args.address)
+        print(f"submitted {job_id}: {sub.entrypoint}")
+        print(f"follow: lensray logs {job_id}; the report lands in {sub.output}")
+        if not args.wait:
+            return 0
+        status = jobs.wait(job_id, args.address)
+        print(f"job {job_id}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    if args.command == "jobs":
+        for r in jobs.list_jobs(args.address):
+            print(f"{r['id']:<32} {r['status']:<10} {r['entrypoint']}")
+        return 0
+    if args.command == "logs":
+        sys.stdout.write(jobs.logs(args.job, args.address))
+        return 0
+    stopped = jobs.stop(args.job, args.address)
+    print(f"{args.job}: {'stopping' if stopped else 'already ended'}")
+    return 0
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:

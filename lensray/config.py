@@ -286,6 +286,15 @@ def _model_entries(raw: dict) -> None:
         raw["pool"]["models"] = [{"name": m} if isinstance(m, str) else m for m in models]
 
 
+def check_output(output: str) -> None:
+    """The output must be a filesystem path (Tune's storage and the report files live there)."""
+    if "://" in output:
+        raise ConfigError(
+            f"output {output!r}: storage URIs (s3://, gs://) are not supported yet; use a path on a "
+            "filesystem every node mounts at the same place (NFS, EFS, Filestore)"
+        )
+
+
 def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     """Build and validate a SelectConfig from a plain dict (paths resolved against base_dir)."""
     if not isinstance(raw, dict):
@@ -297,6 +306,8 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
             sec = raw.get(section)
             if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
+    if isinstance(raw.get("output"), str):
+        check_output(raw["output"])
     for key in ("output", "zoo"):  # working folders: relative to where lensray runs
         if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
             raw[key] = str((Path.cwd() / raw[key]).resolve())

@@ -33,8 +33,12 @@ def experiment_dir(cfg: SelectConfig) -> Path:
 
 
 def init_ray(cfg: SelectConfig) -> None:
-    """Join the configured cluster ($RAY_ADDRESS or ray_address), else start a local Ray
-    bound to 127.0.0.1 with no dashboard."""
+    """Join the configured cluster ($RAY_ADDRESS or ray_address), else start a local Ray whose
+    dashboard (and so its Jobs and State APIs) listens on 127.0.0.1 only.
+
+    The local dashboard is not decoration: Ray Train frees the placement group of a probe whose
+    trial the scheduler stopped through the State API, and without it a stopped probe's workers'
+    CPUs stay reserved and the sweep starves."""
     import ray
 
     if ray.is_initialized():
@@ -43,7 +47,7 @@ def init_ray(cfg: SelectConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
 HF_TRIAL_CPU = 0.1
@@ -70,11 +74,14 @@ def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
         fit = int(total.get("CPU", 1) // (r.workers * r.cpus_per_worker + HF_TRIAL_CPU))
         if r.gpus_per_worker > 0:
             fit = min(fit, int(total.get("GPU", 0) // (r.workers * r.gpus_per_worker)))
+    if fit < 1 and r.max_concurrent:
+        return min(r.max_concurrent, n_candidates)  # an autoscaling cluster adds the nodes they ask for
     if fit < 1:
         raise ConfigError(
             f"one probe needs {r.workers} x {r.cpus_per_worker} CPU (+{HF_TRIAL_CPU} for its trial) and {r.workers} x "
             f"{r.gpus_per_worker} GPU but the cluster has {total.get('CPU', 0)} CPU / "
-            f"{total.get('GPU', 0)} GPU: lower resources.* or add nodes"
+            f"{total.get('GPU', 0)} GPU: lower resources.* or add nodes (on an autoscaling cluster that starts "
+            "empty, set resources.max_concurrent: the probes' requests make it add nodes)"
         )
     if r.max_concurrent:
         fit = min(fit, r.max_concurrent)
@@ -152,6 +159,10 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
             "rows": rows,
             "skip": {c: [o.size for o in obs] for c, obs in before.observations.items()},
         }
+        # sweep.jsonl is the sweep's record; Tune's own CSV/JSON/TensorBoard loggers would only
+        # repeat it, and the TensorBoard one imports torch into the driver mid-run (on a cluster
+        # job's driver that import intermittently aborted the process inside oneMKL).
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         trainable = tune.with_resources(tune.with_parameters(probe_trial, job=job), probe_resources(cfg))
         tuner = tune.Tuner(
             trainable,
