@@ -43,15 +43,23 @@ def tokenizer():
     return build_tokenizer(0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for the session (2 logical CPUs; dashboard on 127.0.0.1, as `lensray select`
-    starts it, so Ray Train can free a stopped probe's placement group), shut down at the end."""
+    """A local Ray for the module (2 logical CPUs; dashboard on 127.0.0.1, as `lensray select`
+    starts it, so Ray Train can free a stopped probe's placement group)."""
     ray = pytest.importorskip("ray")
-    started = False
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-        started = True
-    yield ray
-    if started:
+    return ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_ray_per_module():
+    """Shut down whatever Ray a module started (through `ray_local` or an in-process
+    `run_select`), so no module inherits another's actors, placement groups or busy workers."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         ray.shutdown()

@@ -105,6 +105,49 @@ def test_resume_finishes_an_interrupted_sweep(tmp_path):
     assert ("gpt2", 200) not in new_obs and ("gpt2", 400) not in new_obs
 
 
+@pytest.mark.slow
+def test_a_killed_driver_resumes_to_the_same_selection_without_rerunning_probes(sweep, tmp_path):
+    """The driver machine is lost mid-sweep (SIGKILL to `lensray select` and the Ray it started);
+    `--resume` finishes with the uninterrupted run's selection and redoes no reported size."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    cfg_path = tmp_path / "select.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "t", "backend": "replay", "pool": {"models": POOL},
+        "replay": {"curves": FLAN, "sleep_s_per_pflop": 2e-3},  # slow enough to be caught mid-way
+        "plan": {"start": 200, "budget": 6400, "target": 1638400},
+        "resources": {"cpus_per_worker": 0.5}, "output": str(tmp_path / "out"),
+    }))
+    cli = [sys.executable, "-m", "lensray", "select", str(cfg_path), "--quiet"]
+    state = tmp_path / "out" / "t" / "sweep.jsonl"
+    proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists() and state.read_text().count('"observation"') >= 8:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)  # let the killed Ray's processes go
+    before = read_state(state)
+    assert not (tmp_path / "out" / "t" / "selection.json").exists()
+
+    done = subprocess.run(cli + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((tmp_path / "out" / "t" / "selection.json").read_text())
+    assert doc["selected"] == sweep[1].selected
+    records = [json.loads(l) for l in state.read_text().splitlines() if l.startswith("{")]
+    seen = [(r["candidate"], r["size"]) for r in records if r.get("event") == "observation"]
+    assert len(seen) == len(set(seen)), "a reported size ran twice"
+    for c, obs in before.observations.items():
+        assert [o.size for o in obs] == [s for (cc, s) in seen if cc == c][: len(obs)]
+
+
 def test_the_select_cli_names_a_bad_config_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("backend: replay\nreplay: {curves: x.csv}\nplan: {budgt: 100}\n")
