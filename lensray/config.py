@@ -295,6 +295,10 @@ def check_output(output: str) -> None:
         )
 
 
+FILE_FIELDS = (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config"))
+"""Config fields that name files; relative ones resolve against the config's folder."""
+
+
 def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     """Build and validate a SelectConfig from a plain dict (paths resolved against base_dir)."""
     if not isinstance(raw, dict):
@@ -302,7 +306,7 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     _model_entries(raw)
     if base_dir is not None:
-        for section, key in (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config")):
+        for section, key in FILE_FIELDS:
             sec = raw.get(section)
             if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]

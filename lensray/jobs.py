@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from lensray.config import ConfigError, check_output, load_config
+from lensray.config import FILE_FIELDS, ConfigError, check_output, load_config
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -63,6 +63,7 @@ def plan_submission(config: str | None, out: str | None, resume: bool, cpus: flo
     else:
         path = Path(config)
         load_config(path)  # fail here, with the field named, rather than on the cluster
+        _check_files_travel(path)
         working_dir, cmd = str(path.resolve().parent), ["lensray", "select", path.name]
     output = out or _raw_output(config)
     check_output(output)
@@ -76,6 +77,22 @@ def plan_submission(config: str | None, out: str | None, resume: bool, cpus: flo
     if resume:
         cmd.append("--resume")
     return Submission(shlex.join(cmd), working_dir, output, cpus, gpus)
+
+
+def _check_files_travel(config: Path) -> None:
+    """Only the config's folder travels to the cluster: a relative file path that leaves it would
+    be missing there, so refuse it here, naming the field."""
+    raw = yaml.safe_load(config.read_text()) or {}
+    folder = config.resolve().parent
+    for section, key in FILE_FIELDS:
+        value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            if not (folder / value).resolve().is_relative_to(folder):
+                raise ConfigError(
+                    f"{section}.{key} {value!r} lies outside {folder}, the folder that travels to the cluster "
+                    "as the job's working directory: copy the file next to the config, or give an absolute "
+                    "path on storage every node mounts"
+                )
 
 
 def _raw_output(config: str | None) -> str:

@@ -38,6 +38,18 @@ def test_outputs_a_job_would_lose_are_refused(tmp_path, out, message):
         plan_submission(str(write(tmp_path, CONFIG)), out, resume=False)
 
 
+def test_a_file_outside_the_travelling_folder_is_refused_naming_the_field(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    (tmp_path / "flan.csv").write_text("unused\n")
+    config = write(job, "backend: replay\nreplay: {curves: ../flan.csv}\n")
+    with pytest.raises(ConfigError, match=r"replay.curves '../flan.csv' lies outside .*copy the file next to the config"):
+        plan_submission(str(config), "/mnt/shared/x", resume=False)
+    # the same file by an absolute path (shared storage) is the user's call, and goes through
+    config.write_text(f"backend: replay\nreplay: {{curves: {tmp_path / 'flan.csv'}}}\n")
+    assert plan_submission(str(config), "/mnt/shared/x", resume=False).working_dir == str(job.resolve())
+
+
 def test_a_bad_config_fails_here_naming_the_field(tmp_path):
     with pytest.raises(ConfigError, match="plan.budget"):
         plan_submission(str(write(tmp_path, CONFIG + "plan: {budget: 10, target: 5}\n")), "/mnt/x", resume=False)
