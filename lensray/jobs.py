@@ -59,13 +59,14 @@ def plan_submission(config: str | None, out: str | None, resume: bool, cpus: flo
     if config is None:
         if not out:
             raise ConfigError("the demo needs --out: an absolute path on storage the cluster's nodes share")
-        working_dir, cmd = None, ["lensray", "select"]
+        working_dir, cmd, raw = None, ["lensray", "select"], {}
     else:
         path = Path(config)
         load_config(path)  # fail here, with the field named, rather than on the cluster
-        _check_files_travel(path)
+        raw = yaml.safe_load(path.read_text()) or {}  # as written: load_config makes paths absolute
+        _check_files_travel(raw, path.resolve().parent)
         working_dir, cmd = str(path.resolve().parent), ["lensray", "select", path.name]
-    output = out or _raw_output(config)
+    output = out or str(raw.get("output", "out"))
     check_output(output)
     if not PurePosixPath(output).is_absolute():
         raise ConfigError(
@@ -79,11 +80,9 @@ def plan_submission(config: str | None, out: str | None, resume: bool, cpus: flo
     return Submission(shlex.join(cmd), working_dir, output, cpus, gpus)
 
 
-def _check_files_travel(config: Path) -> None:
+def _check_files_travel(raw: dict, folder: Path) -> None:
     """Only the config's folder travels to the cluster: a relative file path that leaves it would
     be missing there, so refuse it here, naming the field."""
-    raw = yaml.safe_load(config.read_text()) or {}
-    folder = config.resolve().parent
     for section, key in FILE_FIELDS:
         value = (raw.get(section) or {}).get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
@@ -93,12 +92,6 @@ def _check_files_travel(config: Path) -> None:
                     "as the job's working directory: copy the file next to the config, or give an absolute "
                     "path on storage every node mounts"
                 )
-
-
-def _raw_output(config: str | None) -> str:
-    """The config's `output` as written (load_config makes it absolute on this machine)."""
-    raw = yaml.safe_load(Path(config).read_text()) if config else {}
-    return str((raw or {}).get("output", "out"))
 
 
 def _client(address: str | None):

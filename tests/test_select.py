@@ -17,7 +17,8 @@ FLAN = str(packaged_curves()[0])
 POOL = ["facebook/opt-1.3b", "t5-base", "gpt2", "cerebras/Cerebras-GPT-111M", "facebook/opt-6.7b", "t5-small"]
 
 
-def replay_cfg(tmp_path, **over):
+def replay_raw(tmp_path, **over) -> dict:
+    """A replay sweep's config as a user writes it."""
     raw = {
         "name": "t",
         "backend": "replay",
@@ -28,7 +29,11 @@ def replay_cfg(tmp_path, **over):
         "output": str(tmp_path),
     }
     raw.update(over)
-    return config_from_dict(raw)
+    return raw
+
+
+def replay_cfg(tmp_path, **over):
+    return config_from_dict(replay_raw(tmp_path, **over))
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +121,8 @@ def test_a_killed_driver_resumes_to_the_same_selection_without_rerunning_probes(
     import yaml
 
     cfg_path = tmp_path / "select.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "name": "t", "backend": "replay", "pool": {"models": POOL},
-        "replay": {"curves": FLAN, "sleep_s_per_pflop": 2e-3},  # slow enough to be caught mid-way
-        "plan": {"start": 200, "budget": 6400, "target": 1638400},
-        "resources": {"cpus_per_worker": 0.5}, "output": str(tmp_path / "out"),
-    }))
+    slow = {"curves": FLAN, "sleep_s_per_pflop": 2e-3}  # slow enough to be caught mid-way
+    cfg_path.write_text(yaml.safe_dump(replay_raw(tmp_path / "out", replay=slow)))
     cli = [sys.executable, "-m", "lensray", "select", str(cfg_path), "--quiet"]
     state = tmp_path / "out" / "t" / "sweep.jsonl"
     proc = subprocess.Popen(cli, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
