@@ -1,6 +1,6 @@
 """The `lensray` command line.
 
-    lensray select [CONFIG] [--out DIR] [--resume]        run a selection sweep (default: the demo)
+    lensray select [CONFIG] [--out DIR|URI] [--resume]    run a selection sweep (default: the demo)
     lensray verify [CONFIG] [--json OUT]                  fine-tune every candidate at T, score the selection
     lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait]   run it as a Ray job on a cluster
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
@@ -28,13 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     select = sub.add_parser("select", help="run a selection sweep and write the report files")
     select.add_argument("config", nargs="?", help="selection YAML (see configs/); default: the demo")
-    select.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `output`)")
+    select.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
     select.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output folder")
     select.add_argument("--quiet", action="store_true", help="no progress lines")
 
     verify = sub.add_parser("verify", help="fine-tune every candidate at the target size and score the selection")
     verify.add_argument("config", nargs="?", help="the selection's YAML (its `lensray select` run must exist)")
-    verify.add_argument("--out", metavar="DIR", help="output folder (overrides the config's `output`)")
+    verify.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
     verify.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
 
     submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
@@ -175,12 +175,14 @@ def _bench_sweep(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     """The config named on the command line (default: the packaged demo), with --out applied."""
     from dataclasses import replace
-    from pathlib import Path
 
-    from lensray.config import DEMO_CONFIG, load_config
+    from lensray.config import DEMO_CONFIG, check_output, load_config
+    from lensray.storage import resolve_output
 
     cfg = load_config(args.config or DEMO_CONFIG)
-    return replace(cfg, output=str(Path(args.out).resolve())) if args.out else cfg
+    if args.out:
+        check_output(args.out)
+    return replace(cfg, output=resolve_output(args.out)) if args.out else cfg
 
 
 def _bench_probe(args: argparse.Namespace) -> int:
@@ -213,7 +215,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    from lensray.driver import experiment_dir, run_select
+    from lensray.driver import experiment_storage, run_select
 
     cfg = _load(args)
     selection = run_select(cfg, resume=args.resume, quiet=args.quiet)
@@ -222,7 +224,7 @@ def _select(args: argparse.Namespace) -> int:
     if cost["fraction_of_all_probes"] is not None:
         print(f"compute: {cost['fraction_of_all_probes']:.1%} of probing every candidate to the budget, "
               f"{cost['fraction_of_full']:.2%} of fine-tuning every candidate at T")
-    print(f"report: {experiment_dir(cfg)}/report.md (selection.json, observations.parquet, curves.png)")
+    print(f"report: {experiment_storage(cfg).uri('report.md')} (selection.json, observations.parquet, curves.png)")
     return 0
 
 

@@ -25,6 +25,8 @@ import yaml
 from lensray.data import DataConfig
 from lensray.fit import FitConfig
 from lensray.probe import ProbeConfig
+from lensray import storage
+from lensray.storage import resolve_output
 
 DEMO_CONFIG = Path(__file__).parent / "resources" / "configs" / "demo.yaml"
 """What `lensray select` runs with no CONFIG: the zoo demo."""
@@ -109,14 +111,19 @@ class ResourcesConfig:
     """GPUs per worker (0 on a CPU machine; NCCL is used when > 0)."""
     max_concurrent: int = 0
     """Upper bound on probes running at once; 0 = as many as the cluster's resources allow."""
+    max_failures: int = 2
+    """Retries of a probe whose trial or workers die (a lost node, a killed process); it resumes
+    after its last finished size. A probe's own errors (bad data, divergence, a model that cannot
+    load) are recorded as failed, not retried."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"resources.workers must be >= 1, got {self.workers}")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"resources.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0 or self.max_concurrent < 0:
-            raise ConfigError("resources.gpus_per_worker and resources.max_concurrent must be >= 0")
+        for name in ("gpus_per_worker", "max_concurrent", "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"resources.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -188,7 +195,8 @@ class SelectConfig:
     a model named without a path is the zoo's, an empty pool is the whole zoo, and a data
     section without a path uses the zoo's task."""
     output: str = "out"
-    """Folder for the experiment state and the report files (relative to the working folder)."""
+    """Where the experiment state and the report files go: a folder (relative to the working folder),
+    a path every node mounts, or a storage URI such as s3://bucket/prefix (see lensray.storage)."""
     ray_address: str = ""
     """Ray cluster to join (`auto`, `ray://host:10001`, ...); empty = $RAY_ADDRESS, else a local Ray."""
     seed: int = 0
@@ -215,9 +223,10 @@ class SelectConfig:
                 raise ConfigError("pool.models is empty: list at least one model (name and path), or set `zoo`")
             if self.data is None:
                 raise ConfigError("data is missing: the hf backend needs a data section (at least data.path)")
-            for key in ("num_workers", "cpus_per_worker", "device", "storage_path", "seed"):
+            for key in ("num_workers", "cpus_per_worker", "device", "storage_path", "seed", "run_name", "max_failures"):
                 if getattr(self.probe, key) != getattr(ProbeConfig(), key):
-                    where = "resources.workers / resources.cpus_per_worker / resources.gpus_per_worker, output, seed"
+                    where = ("resources.workers / cpus_per_worker / gpus_per_worker / max_failures, output, seed "
+                             "(the run name is the trial's)")
                     raise ConfigError(f"probe.{key} is set by lensray; use {where} instead")
             if self.scheduler.enabled and self.scheduler.synchronous:
                 raise ConfigError(
@@ -287,12 +296,11 @@ def _model_entries(raw: dict) -> None:
 
 
 def check_output(output: str) -> None:
-    """The output must be a filesystem path (Tune's storage and the report files live there)."""
-    if "://" in output:
-        raise ConfigError(
-            f"output {output!r}: storage URIs (s3://, gs://) are not supported yet; use a path on a "
-            "filesystem every node mounts at the same place (NFS, EFS, Filestore)"
-        )
+    """An output path, or a storage URI pyarrow can open (lensray.storage), else ConfigError."""
+    try:
+        storage.check_output(output)
+    except storage.StorageError as err:
+        raise ConfigError(str(err)) from None
 
 
 FILE_FIELDS = (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config"))
@@ -310,11 +318,11 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
             sec = raw.get(section)
             if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
-    if isinstance(raw.get("output"), str):
+    if isinstance(raw.get("output"), str) and raw["output"]:  # relative to where lensray runs
         check_output(raw["output"])
-    for key in ("output", "zoo"):  # working folders: relative to where lensray runs
-        if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
-            raw[key] = str((Path.cwd() / raw[key]).resolve())
+        raw["output"] = resolve_output(raw["output"])
+    if isinstance(raw.get("zoo"), str) and raw["zoo"]:
+        raw["zoo"] = str((Path.cwd() / raw["zoo"]).resolve())
     if raw.get("zoo"):
         _zoo_defaults(raw, Path(raw["zoo"]))
     if isinstance(raw.get("data"), dict):

@@ -5,9 +5,10 @@
     selection = run_select(load_config("configs/replay-flan.yaml"))
 
 One Tune trial per Candidate (`trial.probe_trial`), early stopping by `CurveFitScheduler`,
-progress printed one line per decision. State lives in `<output>/<name>/`: the scheduler's
-side file `sweep.jsonl` is the record of every Observation, decision and status, so `resume`
-launches trials only for unfinished candidates, each skipping the sizes it already reported.
+progress printed one line per decision. State lives in `<output>/<name>/` (a folder or a storage
+URI, lensray.storage): the scheduler's side file `sweep.jsonl` is the record of every
+Observation, decision and status, so `resume` launches trials only for unfinished candidates,
+each skipping the sizes it already reported.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ from lensray.config import ConfigError, SelectConfig
 from lensray.probe import failure_reason
 from lensray.report import Selection, build_selection, write_report
 from lensray.scheduler import FAILED, FINISHED, STOPPED, CurveFitScheduler, read_state
+from lensray.storage import Storage
+from lensray.trial import FAILED_KEY
 
 STATE_FILE = "sweep.jsonl"
+MIRROR_EVERY_S = 10.0
+"""How often a URI's copy of the side file is refreshed while a sweep runs: a driver lost in
+between re-runs at most this many seconds of reports on --resume."""
 
 
-def experiment_dir(cfg: SelectConfig) -> Path:
-    return Path(cfg.output) / cfg.name
+def experiment_storage(cfg: SelectConfig) -> Storage:
+    return Storage(cfg.output, cfg.name)
 
 
 def init_ray(cfg: SelectConfig) -> None:
@@ -120,12 +126,43 @@ class _Progress:
                         file=sys.stderr, flush=True,
                     )
 
+            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+                if result.get(FAILED_KEY):
+                    self._say(trial, f"FAILED: {result[FAILED_KEY]}")
+
+            def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+                self._say(trial, f"lost ({self._reason(trial)}); retrying, failure "
+                                 f"{trial.run_metadata.num_failures} of {trial.max_failures} allowed")
+
             def on_trial_error(self, iteration, trials, trial, **info) -> None:
-                reason = failure_reason(getattr(trial, "error", None)) or "see the trial's error file"
-                print(f"[{time.time() - self.t0:7.1f}s] {trial.config.get('candidate')} FAILED: {reason}",
-                      file=sys.stderr, flush=True)
+                self._say(trial, f"FAILED: {self._reason(trial)}")
+
+            @staticmethod
+            def _reason(trial) -> str:
+                return failure_reason(trial.get_pickled_error() or trial.get_error()) or "see the trial's error file"
+
+            def _say(self, trial, text: str) -> None:
+                print(f"[{time.time() - self.t0:7.1f}s] {trial.config.get('candidate')} {text}", file=sys.stderr, flush=True)
 
         return Progress()
+
+
+class _Mirror:
+    """A Tune callback copying the side file to a URI storage every MIRROR_EVERY_S seconds."""
+
+    def __new__(cls, storage: Storage):
+        from ray.tune import Callback
+
+        class Mirror(Callback):
+            def __init__(self) -> None:
+                self.last = time.monotonic()
+
+            def on_step_end(self, iteration, trials, **info) -> None:
+                if time.monotonic() - self.last >= MIRROR_EVERY_S:
+                    storage.push(STATE_FILE)
+                    self.last = time.monotonic()
+
+        return Mirror()
 
 
 def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> Selection:
@@ -134,11 +171,13 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
 
     from lensray.trial import probe_trial
 
-    exp = experiment_dir(cfg)
+    storage = experiment_storage(cfg)
+    exp = storage.local
     state_path = exp / STATE_FILE
+    storage.pull(STATE_FILE)
     if state_path.exists() and not resume:
         raise ConfigError(
-            f"{exp} already holds a sweep: pass --resume to continue it, or choose another "
+            f"{storage.uri()} already holds a sweep: pass --resume to continue it, or choose another "
             "`name`/`output` (nothing was overwritten)"
         )
     exp.mkdir(parents=True, exist_ok=True)
@@ -175,20 +214,24 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
             ),
             run_config=tune.RunConfig(
                 name=cfg.name,
-                storage_path=str(Path(cfg.output).resolve()),
+                storage_path=cfg.output,
                 verbose=0,
-                callbacks=[] if quiet else [_Progress(scheduler, len(rows))],
+                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+                callbacks=([_Mirror(storage)] if storage.remote else []) + ([] if quiet else [_Progress(scheduler, len(rows))]),
             ),
         )
         # lensray prints its own progress and one line per failed probe (stderr); Tune's console
         # tables and its tracebacks of failed trials would only repeat them.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-        with contextlib.redirect_stdout(io.StringIO()):
-            results = tuner.fit()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                results = tuner.fit()
+        finally:
+            storage.push(STATE_FILE)  # an interrupted sweep's record, for --resume
         for r in results:
             if r.error is not None:
                 errors[r.config["candidate"]] = failure_reason(r.error)
     state = read_state(state_path)
     selection = build_selection(cfg, rows, state, errors, wall_s=time.time() - t0, scheduler_s=scheduler.decide_seconds)
-    write_report(selection, exp)
+    storage.push(STATE_FILE, *(p.name for p in write_report(selection, exp)))
     return selection

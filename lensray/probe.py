@@ -32,8 +32,13 @@ observations it did finish in `.observations`): a model path or hub id that cann
 a tokenizer with neither pad nor end token, data fields that do not exist, a data set too small
 for the sizes, a diverging run (non-finite loss, or loss above `diverge_factor` x its first
 value), running out of memory (a real OOM, or the worker RSS above `max_rss_gb`), or a worker
-that died. Inside Tune the exception ends only that trial; `failure_reason(result.error)`
-recovers the reason from what Tune stored. Examples longer than the context never fail a
+that died (after `max_failures` restarts). Inside Tune the trial records the reason and ends;
+`failure_reason(error)` recovers it from what Ray wrapped around it.
+
+Restarts: after each size rank 0 reports a tiny checkpoint (the Observations finished so far,
+PROGRESS_FILE). When Ray Train restarts a worker group that died (`max_failures`), or a run is
+started again under the same `run_name` and storage, the workers resume after the last
+finished size; `extra["restarts"]` counts the restarts a size's result came after. Examples longer than the context never fail a
 probe: they are truncated or dropped by lensray.data and counted in `extra`.
 
 Distributed: gloo on CPU and NCCL on GPU, chosen from whether the Ray cluster has GPUs
@@ -157,7 +162,15 @@ class ProbeConfig:
     seed: int = 0
     """Seed of the batch order and LoRA initialisation."""
     storage_path: str = ""
-    """Where Ray Train writes run directories (empty = Ray's default, ~/ray_results)."""
+    """Where Ray Train writes run directories: a path every node sees, or a pyarrow URI such as
+    s3://bucket/prefix (empty = Ray's default, ~/ray_results)."""
+    run_name: str = ""
+    """Ray Train run name (empty = probe-<candidate>-<random>). A run started again under the same
+    name and storage resumes after the sizes it finished."""
+    max_failures: int = 0
+    """Restarts of the workers after they die (a lost node, a killed process); a restart resumes
+    after the last finished size. Errors the probe itself reports (bad data, divergence, a model
+    that cannot load) are never retried."""
 
     def __post_init__(self) -> None:
         if self.backend != "hf":
@@ -171,7 +184,7 @@ class ProbeConfig:
         for name in ("micro_batch", "grad_accum", "num_workers", "eval_batch", "lora_r", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name}={getattr(self, name)}: must be at least 1")
-        for name in ("max_steps", "ntk_examples", "weight_decay", "grad_clip", "max_rss_gb", "lora_dropout"):
+        for name in ("max_steps", "ntk_examples", "weight_decay", "grad_clip", "max_rss_gb", "lora_dropout", "max_failures"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ProbeConfig.{name}={getattr(self, name)}: must be >= 0")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -386,7 +399,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
 
 def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
     """Run the TorchTrainer; map its failures to ProbeError."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
@@ -403,9 +416,10 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
-            name=f"probe-{spec.candidate}-{uuid.uuid4().hex[:8]}",
+            name=cfg.run_name or f"probe-{spec.candidate}-{uuid.uuid4().hex[:8]}",
             storage_path=cfg.storage_path or None,
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
             callbacks=callbacks,
         ),
     )
@@ -521,7 +535,8 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
     per_step = global_batch * cfg.grad_accum
     ntk: NTKStats | None = None
     zero_shot: float | None = None
-    observations: list[dict[str, Any]] = []
+    observations, restarts = _resume_state(ray.train.get_checkpoint())
+    finished = {o["size"] for o in observations}
     error = None
 
     def agree(value: float, op) -> float:
@@ -530,7 +545,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             dist.all_reduce(t, op=op)
         return float(t)
 
-    for size in spec.data.sizes:
+    for size in [d for d in spec.data.sizes if d not in finished]:
         start = time.perf_counter()
         torch.manual_seed(cfg.seed)
         try:
@@ -608,6 +623,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             "num_workers": world,
             "zero_stage": config["ds_config"]["zero_optimization"]["stage"],
             "lora": cfg.lora,
+            "restarts": restarts,
             **config["data_counts"],
         }
         if ntk is not None:
@@ -622,12 +638,40 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             "flops": 6.0 * n_params * tokens, "wall_s": time.perf_counter() - start, "extra": extra,
         }
         observations.append(obs)
-        ray.train.report(obs)
+        _report(obs, observations, restarts, rank)
         del engine, model, before  # the next size starts again from the pretrained weights
         gc.collect()
         if config["use_gpu"]:
             torch.cuda.empty_cache()
     return {"observations": observations, "error": error}
+
+
+PROGRESS_FILE = "probe_progress.json"
+"""A probe's checkpoint: the Observations it finished and how often its workers restarted. Every
+size starts again from the pretrained weights, so this is all a restarted worker group needs."""
+
+
+def _resume_state(checkpoint) -> tuple[list[dict[str, Any]], int]:
+    """(finished observations, restarts so far) of a worker group restarted from `checkpoint`."""
+    if checkpoint is None:
+        return [], 0
+    with checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / PROGRESS_FILE).read_text())
+    return state["observations"], state["restarts"] + 1
+
+
+def _report(obs: dict[str, Any], observations: list[dict[str, Any]], restarts: int, rank: int) -> None:
+    """Report one size, with rank 0's checkpoint of everything finished so far."""
+    import tempfile
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"observations": observations, "restarts": restarts}))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(obs, checkpoint=checkpoint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from lensray.config import SchedulerConfig
 from lensray.fit import CurveFit, FitConfig, fit_local, local_noise
 from lensray.observation import Observation
+from lensray.trial import FAILED_KEY
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -97,6 +98,9 @@ class CurveFitScheduler(FIFOScheduler):
     # --- Tune hooks -----------------------------------------------------------------------
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
         name = result.get("candidate") or trial.config.get("candidate")
+        if result.get(FAILED_KEY):
+            self._set_status(name, FAILED, str(result[FAILED_KEY]))
+            return TrialScheduler.STOP
         size, loss = result.get("size"), result.get("loss")
         if name is None or size is None or loss is None or not math.isfinite(float(loss)):
             return TrialScheduler.CONTINUE  # nothing to fit on
@@ -157,7 +161,8 @@ class CurveFitScheduler(FIFOScheduler):
         self._set_status(trial.config.get("candidate"), FINISHED, "")
 
     def on_trial_error(self, tune_controller, trial: "Trial") -> None:
-        self._set_status(trial.config.get("candidate"), FAILED, "the probe raised; see its error")
+        """The trial died more than `max_failures` times (its reason comes from Tune's result)."""
+        self._set_status(trial.config.get("candidate"), FAILED, "the probe's trial died; see its error")
 
     def debug_string(self) -> str:
         counts = {s: 0 for s in (RUNNING, FINISHED, STOPPED, FAILED)}

@@ -3,6 +3,13 @@
 Runs in a Ray worker. `config` is {"candidate": name}; `job` (shipped once through the object
 store with `tune.with_parameters`) holds the SelectConfig, what each
 candidate's probe loads ("rows") and the sizes an interrupted run already observed ("skip").
+
+Failures: a probe that fails on its own (a ProbeError: bad data, divergence, out of memory, a
+model that cannot load) reports {"candidate", FAILED_KEY: reason} and ends, so the scheduler
+records it and Tune does not retry it. Only a trial that dies (its node lost, its process
+killed) raises inside Tune, which retries it (`resources.max_failures`): a replay probe resumes
+from the sizes in its checkpoint, an hf probe's Ray Train run (named after the trial) from its
+own.
 """
 
 from __future__ import annotations
@@ -13,16 +20,23 @@ from pathlib import Path
 from typing import Any
 
 DONE_FILE = "sizes_done.json"
+FAILED_KEY = "failed"
+"""Result key of a probe that failed on its own; its value is the one-line reason."""
 
 
 def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     from ray import tune
 
+    from lensray.probe import ProbeError
+
     cfg = job["config"]
     candidate = config["candidate"]
     skip = set(job["skip"].get(candidate, ())) | _sizes_done(tune.get_checkpoint())
     if cfg.backend == "hf":
-        _hf(cfg, candidate, job["rows"][candidate], skip)
+        try:
+            _hf(cfg, candidate, job["rows"][candidate], skip, tune.get_context().get_trial_id())
+        except ProbeError as e:
+            tune.report({"candidate": candidate, FAILED_KEY: e.reason})
         return
     from lensray.replay import replay_probe
 
@@ -33,12 +47,12 @@ def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             tune.report(obs.to_dict(), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _hf(cfg, candidate: str, model: str, skip: set[int]) -> None:
+def _hf(cfg, candidate: str, model: str, skip: set[int], trial_id: str) -> None:
     """Fine-tune the remaining sizes in one TorchTrainer run; each size reaches Tune as it is
     done (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes."""
     from dataclasses import replace
 
-    from lensray.driver import experiment_dir
+    from lensray.driver import experiment_storage
     from lensray.probe import ProbeSpec, run_probe
 
     sizes = tuple(s for s in cfg.plan.resolved_sizes() if s not in skip)
@@ -52,7 +66,8 @@ def _hf(cfg, candidate: str, model: str, skip: set[int]) -> None:
         probe=replace(
             cfg.probe, num_workers=r.workers, cpus_per_worker=r.cpus_per_worker,
             device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
-            storage_path=str((experiment_dir(cfg) / "train").resolve()),
+            storage_path=experiment_storage(cfg).uri("train"),
+            run_name=f"probe-{candidate}-{trial_id}", max_failures=r.max_failures,
         ),
         trust_remote_code=next((m.trust_remote_code for m in cfg.pool.models if m.name == candidate), False),
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from lensray.bench import pearcorr, relacc
 from lensray.config import ConfigError, PlanConfig, SelectConfig
-from lensray.driver import experiment_dir, run_select
+from lensray.driver import experiment_storage, run_select
 
 
 def verify_config(cfg: SelectConfig) -> SelectConfig:
@@ -37,9 +37,11 @@ def verify_config(cfg: SelectConfig) -> SelectConfig:
 
 def run_verify(cfg: SelectConfig) -> dict:
     """Fine-tune every candidate at T (resuming a partial verification) and score the selection."""
-    path = experiment_dir(cfg) / "selection.json"
+    storage = experiment_storage(cfg)
+    storage.pull("selection.json")
+    path = storage.local / "selection.json"
     if not path.is_file():
-        raise ConfigError(f"no selection at {path}: run `lensray select` with this config first")
+        raise ConfigError(f"no selection at {storage.uri('selection.json')}: run `lensray select` with this config first")
     selection = json.loads(path.read_text())
     truth_run = run_select(verify_config(cfg), resume=True)
     truth = {e["candidate"]: e["losses"][0] for e in truth_run.doc["ranking"] if e["losses"]}

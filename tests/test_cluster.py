@@ -53,7 +53,7 @@ def cluster(tmp_path_factory):
     # One temp dir per node, as on separate machines: nodes sharing one would also share the
     # runtime-env cache, and one node's cache cleanup would delete the other's job working dir.
     # Short paths: Ray's socket paths have a length limit.
-    temps = [Path(f"/tmp/lr-{secrets.token_hex(3)}") for _ in range(2)]
+    temps = [Path(f"/tmp/lr-{secrets.token_hex(3)}")]
     common = ["--node-ip-address", "127.0.0.1", "--disable-usage-stats", "--block"]
     logs = tmp_path_factory.mktemp("nodes")
     procs = [subprocess.Popen(
@@ -64,15 +64,25 @@ def cluster(tmp_path_factory):
     )]
     url = f"http://127.0.0.1:{dash}"
     _wait_for_nodes(url, env, 1, logs / "head.log")
-    procs.append(subprocess.Popen(
-        [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--num-cpus", "2",
-         "--resources", json.dumps({"node_b": 1}), "--temp-dir", str(temps[1]), *_node_ports(), *common],
-        env=env, start_new_session=True, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT,
-    ))
-    _wait_for_nodes(url, env, 2, logs / "worker.log")
-    yield {"url": url, "env": env, "gcs": f"127.0.0.1:{gcs}", "out": tmp_path_factory.mktemp("shared")}
+
+    def add_node(cpus: int, resources: dict) -> subprocess.Popen:
+        """Start one more worker node (its own temp dir) and wait until the cluster has it."""
+        temps.append(Path(f"/tmp/lr-{secrets.token_hex(3)}"))
+        log = logs / f"worker-{len(procs)}.log"
+        procs.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs}", "--num-cpus", str(cpus),
+             "--resources", json.dumps(resources), "--temp-dir", str(temps[-1]), *_node_ports(), *common],
+            env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        ))
+        _wait_for_nodes(url, env, len(procs), log)
+        return procs[-1]
+
+    add_node(2, {"node_b": 1})
+    yield {"url": url, "env": env, "gcs": f"127.0.0.1:{gcs}", "out": tmp_path_factory.mktemp("shared"),
+           "add_node": add_node}
     for p in reversed(procs):
-        os.killpg(p.pid, signal.SIGTERM)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout=60)
@@ -171,6 +181,42 @@ def test_stop_ends_a_running_job_and_resubmit_resumes_it(cluster, tmp_path):
     r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), "--resume", "--wait", env=cluster["env"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads((out / "flan" / "selection.json").read_text())["selected"]
+
+
+def test_a_lost_worker_node_mid_sweep_retries_its_probes(cluster, tmp_path):
+    """Five probes fill the cluster's 5 CPUs (head 1, node_b 2, the extra node 2); killing the
+    extra node's raylet and workers mid-sweep (as a lost machine) fails the probes it ran, which
+    Tune retries elsewhere from their checkpoints; the sweep completes with every size of every
+    candidate, each observed once."""
+    node = cluster["add_node"](2, {"node_c": 1})
+    pool = ["google/mt5-large", "cerebras/Cerebras-GPT-1.3B", "facebook/opt-1.3b", "ai-forever/mGPT",
+            "microsoft/phi-1_5", "gpt2-xl"]  # ~1.4B parameters each: ~13 PFLOP, ~26 s of replay per probe
+    cfg = replay_config(tmp_path / "cfg", pool={"models": pool}, scheduler={"enabled": False},
+                        replay={"curves": "flan.csv", "sleep_s_per_pflop": 2.0}, resources={"cpus_per_worker": 1})
+    out = cluster["out"] / "lost-node"
+    r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), env=cluster["env"])
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.split()[1].rstrip(":")
+    state = out / "flan" / "sweep.jsonl"
+    deadline = time.time() + 300
+    while not (state.exists() and state.read_text().count('"observation"') >= 5) and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(node.pid, signal.SIGKILL)  # raylet, its workers and their probes: gone at once
+    while time.time() < deadline:
+        status = {l.split()[0]: l.split()[1] for l in lensray("jobs", "--address", cluster["url"], env=cluster["env"]).stdout.splitlines()}
+        if status.get(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(2)
+    logs = lensray("logs", job_id, "--address", cluster["url"], env=cluster["env"]).stdout
+    assert status.get(job_id) == "SUCCEEDED", logs[-3000:]
+    assert "lost (" in logs and "retrying, failure 1 of 2 allowed" in logs, logs[-3000:]
+    doc = json.loads((out / "flan" / "selection.json").read_text())
+    assert {e["status"] for e in doc["ranking"]} == {"finished"} and len(doc["ranking"]) == 6
+    sizes = doc["sizes"]
+    assert all(e["sizes"] == sizes for e in doc["ranking"])
+    records = [json.loads(line) for line in state.read_text().splitlines()]
+    seen = [(r["candidate"], r["size"]) for r in records if r["event"] == "observation"]
+    assert len(seen) == len(set(seen)) == 6 * len(sizes)  # a retried probe resumed after its last size
 
 
 def test_submit_runs_a_live_sweep_with_zoo_models(cluster, tmp_path, zoo_dir):

@@ -30,12 +30,19 @@ def test_the_config_folder_travels_and_the_job_runs_select_on_it(tmp_path):
     [
         (None, "is relative"),  # the config's default `out` would land in the job's temp dir
         ("results", "is relative"),
-        ("s3://bucket/lensray", "storage URIs"),
+        ("ftp://host/lensray", "unknown storage scheme 'ftp'"),
     ],
 )
 def test_outputs_a_job_would_lose_are_refused(tmp_path, out, message):
     with pytest.raises(ConfigError, match=message):
         plan_submission(str(write(tmp_path, CONFIG)), out, resume=False)
+
+
+def test_a_storage_uri_is_a_shared_output(tmp_path):
+    (tmp_path / "flan.csv").write_text("unused\n")
+    sub = plan_submission(str(write(tmp_path, CONFIG)), "s3://bucket/lensray?region=eu-west-1", resume=False)
+    assert sub.output == "s3://bucket/lensray?region=eu-west-1"
+    assert sub.entrypoint == "lensray select select.yaml --out 's3://bucket/lensray?region=eu-west-1'"
 
 
 def test_a_file_outside_the_travelling_folder_is_refused_naming_the_field(tmp_path):

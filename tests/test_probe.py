@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -94,6 +98,32 @@ def test_out_of_memory_stops_with_reason(zoo_manifest, ray_local, tmp_path):
     spec = make_spec(zoo_manifest, tmp_path, data={"sizes": (8,)}, max_rss_gb=0.01, ntk_examples=0)
     with pytest.raises(ProbeError, match=r"out of memory at size 8: worker peak RSS .* exceeds ProbeConfig.max_rss_gb=0.01"):
         run_probe(spec)
+
+
+@pytest.mark.slow
+def test_killed_worker_restarts_after_its_last_finished_size(zoo_manifest, ray_local, tmp_path):
+    """A worker process killed mid-probe (what a lost node does to it): Ray Train restarts the
+    worker group, which resumes after the last size it finished instead of fine-tuning it again."""
+    from ray.util.state import list_actors
+
+    spec = make_spec(zoo_manifest, tmp_path, max_steps=300, max_failures=1, run_name="probe-killed", ntk_examples=0)
+    run_dir = tmp_path / "runs" / "probe-killed"
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(run_probe, spec)
+        deadline = time.time() + 300
+        # the first size is finished and its checkpoint registered (Ray Train then writes its snapshot)
+        while not (run_dir / "checkpoint_manager_snapshot.json").exists():
+            assert not future.done(), future.result()
+            assert time.time() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.2)
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        assert len(workers) == 1, workers
+        os.kill(workers[0].pid, signal.SIGKILL)
+        observations = future.result(timeout=600)
+    assert [o.size for o in observations] == list(SIZES)
+    restarts = [o.extra["restarts"] for o in observations]
+    assert restarts[0] == 0 and restarts[-1] == 1 and restarts == sorted(restarts), restarts
+    assert all(o.extra["steps"] == 300 and math.isfinite(o.loss) for o in observations)
 
 
 def test_missing_model_path(zoo_manifest, tmp_path):
