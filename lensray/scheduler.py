@@ -90,6 +90,7 @@ class CurveFitScheduler(FIFOScheduler):
         self._ended = 0  # candidates stopped or failed
         self._noise: dict[int, tuple[int, tuple[float, float]]] = {}  # rung -> (peers, noise)
         self._reached: dict[int, int] = {}  # number of sizes -> candidates that observed them
+        self._replaying = False  # rebuilding the state from the side file (see _replay)
         self.decide_seconds = 0.0
         """Time spent in `observe` (fit, decision, side file): the scheduler's share of a sweep."""
         if self.state_path and self.state_path.exists():
@@ -195,6 +196,9 @@ class CurveFitScheduler(FIFOScheduler):
             curve.sizes.insert(order, size)
             curve.losses.insert(order, loss)
             self._reached[len(curve.sizes)] = self._reached.get(len(curve.sizes), 0) + 1
+        if self._replaying:  # the side file's own decisions follow it
+            self._refit(name, curve)
+            return TrialScheduler.CONTINUE
         self._log({"event": "observation", **obs.to_dict()})
         if self._pause_after(size):  # decided once the whole rung is in (choose_trial_to_run)
             decision = TrialScheduler.PAUSE
@@ -210,7 +214,6 @@ class CurveFitScheduler(FIFOScheduler):
             and self.config.synchronous
             and self.budget is not None
             and size < self.budget
-            and self.state_path is not None  # not while replaying the side file
         )
 
     def _record(self, name: str, curve: _Curve, rung_complete: bool = False, refit: bool = True) -> str:
@@ -306,7 +309,10 @@ class CurveFitScheduler(FIFOScheduler):
         if text and not text.endswith("\n"):  # a record torn by a crash: end it so appends stay whole
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write("\n")
-        log, self.state_path = self.state_path, None  # do not re-append while replaying
+        # Replay what was recorded and decide nothing: a decision taken now would see the rung
+        # incomplete (or the statuses out of order) and could stop a probe the record keeps
+        # running, which a synchronous sweep would then wait for forever.
+        log, self.state_path, self._replaying = self.state_path, None, True
         for line in text.splitlines():
             try:
                 rec = json.loads(line)
@@ -314,11 +320,16 @@ class CurveFitScheduler(FIFOScheduler):
                 continue  # a line cut by a crash
             if rec.get("event") == "observation":
                 self.observe(_observation(rec))
-            elif rec.get("event") == "decision" and rec.get("decision") == TrialScheduler.STOP:
-                self._status(rec["candidate"], self._curve(rec["candidate"]), STOPPED, rec.get("reason", ""))
+            elif rec.get("event") == "decision":
+                self.decisions.append(rec)
+                curve = self._curve(rec["candidate"])
+                if rec["decision"] != TrialScheduler.PAUSE:  # a decided rung is not decided again
+                    curve.rung_decided = max(curve.rung_decided, int(rec["size"]))
+                if rec["decision"] == TrialScheduler.STOP:
+                    self._status(rec["candidate"], curve, STOPPED, rec.get("reason", ""))
             elif rec.get("event") == "status":
                 self._status(rec["candidate"], self._curve(rec["candidate"]), rec["status"], rec.get("reason", ""))
-        self.state_path = log
+        self.state_path, self._replaying = log, False
 
 
 def _observation(rec: dict[str, Any]) -> Observation:

@@ -1,5 +1,6 @@
 """The scheduler driven directly with fake results: stop, keep, refuse to decide, restore."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from lensray.config import SchedulerConfig
 from lensray.observation import Observation
-from lensray.scheduler import FINISHED, STOPPED, CurveFitScheduler, read_state
+from lensray.scheduler import FINISHED, RUNNING, STOPPED, CurveFitScheduler, read_state
 
 SIZES = [200, 400, 800, 1600, 3200]
 TARGET = 1638400
@@ -162,3 +163,29 @@ def test_pending_probes_start_before_paused_ones_resume():
     ctl = FakeController(["a", "b"])
     ctl.trials[1].status = "PENDING"
     assert s.choose_trial_to_run(ctl) is ctl.trials[1]
+
+
+def test_a_resumed_synchronous_sweep_keeps_the_record_and_decides_pending_rungs_afresh(tmp_path):
+    """The side file of a synchronous sweep interrupted with "good" paused at 1600 and "bad"
+    paused at 800, its rung undecided. Replaying must not decide "bad" on the spot (it would be
+    stopped in memory, unrecorded, and never resumed while its trial waits): it stays running
+    until the rung is decided, on the record, and the sweep goes on with "good"."""
+    path = tmp_path / "sweep.jsonl"
+    good, bad = curve(2.0, -0.08), curve(4.0, -0.02)
+    lines = []
+    for name, losses, upto in (("good", good, 4), ("bad", bad, 3)):
+        for i, (d, l) in enumerate(list(zip(SIZES, losses))[:upto]):
+            lines.append({"event": "observation", "candidate": name, "size": d, "loss": l})
+            lines.append({"event": "decision", "candidate": name, "size": d, "decision": "PAUSE", "reason": "waiting"})
+            if i < upto - 1:  # the rung was decided; the last one of each is still open
+                lines.append({"event": "decision", "candidate": name, "size": d, "decision": "CONTINUE", "reason": "rung"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    s = CurveFitScheduler(TARGET, state_path=path, budget=SIZES[-1])
+    assert s.curves["bad"].status == RUNNING and s.curves["good"].status == RUNNING
+    assert s.decisions == [r for r in lines if r["event"] == "decision"]
+    assert s.curves["good"].rung_decided == 800 and s.curves["bad"].rung_decided == 400
+    ctl = FakeController(["good", "bad"])
+    assert s.choose_trial_to_run(ctl) is None  # bad's rung (800) is decided first: it is stopped
+    assert ctl.trials[1].status == "TERMINATED" and read_state(path).status["bad"][0] == STOPPED
+    assert s.choose_trial_to_run(ctl) is ctl.trials[0]  # then good's rung: it goes on
+    assert s.decisions[-1]["candidate"] == "good" and s.decisions[-1]["size"] == 1600
