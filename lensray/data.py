@@ -5,22 +5,37 @@ held-out set. This module turns a data set into exactly that:
 
 1. load it with `datasets`: a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or a hub
    name (only on a machine that can reach the hub);
-2. render each example with the `plain` template (``prompt_format`` then ``response_format``
+2. write each example as a sample under its sample design (``design``, lensray.design):
+   structured records ``{"text", "targets", "evidence"}`` (``schema`` set) with `render`, plain
+   prompt/response rows with `render_plain` (the instruction placed by the design); without a
+   design the prompt and response are taken as they are;
+3. render the sample with the `plain` template (``prompt_format`` then ``response_format``
    then the end token) or the tokenizer's `chat` template (user turn, then assistant turn);
-3. tokenise, with labels = -100 on every prompt token so the loss is on the response only;
+4. tokenise, with labels = -100 on every prompt token so the loss is on the response only
+   (designs with ``input_loss=on``: on every token but the first, which nothing predicts);
    examples longer than ``max_length`` are truncated or dropped (``overflow``) and counted;
-4. cache the tokenised rows as Arrow under ``cache_dir``, keyed by a hash of the data bytes,
+5. cache the tokenised rows as Arrow under ``cache_dir``, keyed by a hash of the data bytes,
    the tokenizer and every field that changes the tokens, so the next probe loads them;
-5. hold out ``eval_size`` examples chosen by ``eval_seed`` (the same for every subset seed),
+6. hold out ``eval_size`` examples chosen by ``eval_seed`` (the same for every subset seed),
    and permute the rest by ``seed``: subset D_k is the first ``sizes[k]`` rows of that one
-   permutation, so every smaller subset lies inside every larger one.
+   permutation, so every smaller subset lies inside every larger one. The held-out rows also
+   carry what a task metric needs: ``prompt_ids`` (the prompt tokens, to generate from) and
+   ``reference`` (JSON: the record's targets, or the response text, for `score_outputs`),
+   rebuilt from the source rows on every call (cheap: eval_size rows), so they are there
+   whatever the cache holds.
 
 Use it::
 
     from lensray.data import DataConfig, prepare_data
     data = prepare_data(DataConfig(path="zoo/task.jsonl", sizes=(64, 128, 256)), tokenizer)
     data.subset(64)     # a datasets.Dataset with input_ids and labels
-    data.eval           # the held-out rows
+    data.eval           # the held-out rows, also with prompt_ids and reference
+
+    # a structured task under a sample design; a task metric on generated responses
+    from lensray.zoo import ASPECT_SCHEMA
+    data = prepare_data(DataConfig(path="zoo/aspects.jsonl", design="es-sde", schema=ASPECT_SCHEMA), tokenizer)
+    outputs = [tokenizer.decode(generate(ids), skip_special_tokens=True) for ids in data.eval["prompt_ids"]]
+    data.score(outputs).error    # 1 - accuracy (lensray.design.score)
 
 `datasets` is imported inside the functions; importing this module is cheap.
 """
@@ -35,6 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lensray.design import (
+    SampleDesign,
+    TargetSchema,
+    TaskScore,
+    design_from_config,
+    render,
+    render_plain,
+    score,
+    score_plain,
+)
 
 IGNORE_INDEX = -100
 """Label value that token cross-entropy ignores (prompt and padding positions)."""
@@ -72,6 +98,17 @@ class DataConfig:
     """Plain template for the response; must contain {response}. The end token is appended."""
     system_prompt: str = ""
     """Chat template only: a system turn placed before the user turn (empty = none)."""
+    design: str = ""
+    """Sample design (lensray.design): a preset such as `es-sde` or a `SampleDesign.name` such as
+    `inst-last.loss-on.json.omit.num.cot`; a dict of options is turned into its name. Empty = no
+    design: the prompt and response are used exactly as they are."""
+    schema: TargetSchema | None = None
+    """Targets of a structured multi-target task (a TargetSchema or its dict): the data then holds
+    records with fields `text`, `targets` and optionally `evidence`, rendered by the design
+    (needs `design`); None = plain prompt_field/response_field data."""
+    instruction: str = ""
+    """Instruction for plain data under a design that places one (instruction=first/last); needs
+    `design`. Ignored with a schema, which has its own instruction."""
     max_length: int = 64
     """Context length in tokens; longer examples are truncated or dropped (see overflow)."""
     overflow: str = "truncate"
@@ -107,6 +144,60 @@ class DataConfig:
             raise ValueError(f"DataConfig.eval_size={self.eval_size}: hold out at least 1 example")
         if not self.sizes or self.sizes[0] < 1 or any(a >= b for a, b in zip(self.sizes, self.sizes[1:])):
             raise ValueError(f"DataConfig.sizes={list(self.sizes)}: give positive, strictly increasing sizes, e.g. [64, 128, 256]")
+        self._check_design()
+
+    def _check_design(self) -> None:
+        self.design = self.design or ""  # YAML `design:` reads as None
+        if isinstance(self.design, (dict, SampleDesign)):
+            try:
+                self.design = design_from_config(self.design).name
+            except ValueError as e:
+                raise ValueError(f"DataConfig.{e}") from None
+        if isinstance(self.schema, dict):
+            known = {f.name for f in fields(TargetSchema)}
+            if set(self.schema) - known:
+                raise ValueError(
+                    f"DataConfig.schema: unknown field(s) {sorted(set(self.schema) - known)}; "
+                    f"known fields are {sorted(known)}"
+                )
+            try:
+                self.schema = TargetSchema(**self.schema)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"DataConfig.schema: {e}") from None
+        if self.schema is not None and not isinstance(self.schema, TargetSchema):
+            raise ValueError(f"DataConfig.schema={self.schema!r}: give a TargetSchema or its dict (names, labels, ...)")
+        if not self.design:
+            if self.schema is not None:
+                raise ValueError(
+                    "DataConfig.schema is set but DataConfig.design is empty: set design (e.g. 'es-sde') "
+                    "to say how a record becomes a sample"
+                )
+            if self.instruction:
+                raise ValueError(
+                    "DataConfig.instruction is set but DataConfig.design is empty: set design (e.g. "
+                    "'es-sde' puts the instruction first), or put the text in prompt_format"
+                )
+            return
+        try:
+            design = design_from_config(self.design)
+        except ValueError as e:  # the message starts with design=...
+            raise ValueError(f"DataConfig.{e}") from None
+        if self.schema is None:
+            if design.instruction != "none" and not self.instruction.strip():
+                raise ValueError(
+                    f"DataConfig.instruction is empty but DataConfig.design={self.design!r} places an "
+                    f"instruction (instruction={design.instruction}): set instruction, or use a design "
+                    "with instruction=none (e.g. 'plain')"
+                )
+            try:
+                render_plain("", "", design, self.instruction)
+            except ValueError as e:
+                raise ValueError(f"DataConfig.design={self.design!r} on plain data (no DataConfig.schema): {e}") from None
+
+    @property
+    def sample_design(self) -> SampleDesign | None:
+        """The SampleDesign named by `design`, or None without one."""
+        return design_from_config(self.design) if self.design else None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
@@ -118,8 +209,12 @@ class DataConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values only (lists, dicts): what YAML, JSON and a Tune config carry; from_dict
+        reads it back to an equal config."""
         d = asdict(self)
         d["sizes"] = list(self.sizes)
+        if self.schema is not None:
+            d["schema"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["schema"].items()}
         return d
 
 
@@ -130,7 +225,10 @@ class PreparedData:
     train: Any
     """datasets.Dataset of the training pool, permuted by seed; subset D is its first D rows."""
     eval: Any
-    """datasets.Dataset of the held-out rows."""
+    """datasets.Dataset of the held-out rows: input_ids, labels and row like the training rows,
+    plus `prompt_ids` (the prompt tokens, BOS or chat head included, to generate the response
+    from) and `reference` (a JSON string: the record's targets dict for structured data, the
+    response text for plain data; see `references` and `score`)."""
     n_examples: int
     """Rows in the source data."""
     n_truncated: int
@@ -141,6 +239,14 @@ class PreparedData:
     """Arrow directory the tokenised rows were loaded from."""
     sizes: tuple[int, ...] = field(default=())
     """The nested subset sizes, checked against the pool."""
+    design: SampleDesign | None = None
+    """The sample design the rows were written under (None: no design)."""
+    schema: TargetSchema | None = None
+    """The targets of structured data (None: plain prompt/response data)."""
+
+    def score(self, outputs: list[str]) -> TaskScore:
+        """Task metrics of generated responses, one per eval row in order (see `score_outputs`)."""
+        return score_outputs(outputs, self.eval["reference"], self.design, self.schema)
 
     def subset(self, size: int) -> Any:
         """The nested training subset of `size` rows (a prefix of the seeded permutation)."""
@@ -188,7 +294,15 @@ def load_raw(cfg: DataConfig):
         raise
     except Exception as e:  # datasets raises many types (offline, bad JSON, unknown name)
         raise DataError(f"DataConfig.path={cfg.path!r}: could not load the data set ({type(e).__name__}: {e})") from None
-    for attr in ("prompt_field", "response_field"):
+    if cfg.schema is not None:
+        for name in ("text", "targets"):
+            if name not in ds.column_names:
+                raise DataError(
+                    f"DataConfig.schema is set, so {cfg.path} must hold structured records with fields "
+                    f"'text', 'targets' (and optionally 'evidence'), but it has no field {name!r}; "
+                    f"the data has fields {ds.column_names}"
+                )
+    for attr in ("prompt_field", "response_field") if cfg.schema is None else ():
         name = getattr(cfg, attr)
         if name not in ds.column_names:
             raise DataError(
@@ -229,16 +343,57 @@ def _encode(cfg: DataConfig, tokenizer, prompt: str, response: str) -> tuple[lis
     return list(ids[:n]), list(ids[n:])
 
 
+def _present(value: Any) -> dict[str, Any]:
+    """A record's targets/evidence as a dict of the keys it has: Arrow stores the records'
+    dicts as one struct, with None for the keys a record lacks; a JSON string is read too."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {k: v for k, v in (value or {}).items() if v is not None}
+
+
+def _samples(cfg: DataConfig, ds):
+    """(source row, prompt, response, loss on input, reference JSON) of every usable example of
+    `ds` under cfg's design; None for a row without a prompt or response (or text)."""
+    design = cfg.sample_design
+    if cfg.schema is not None:
+        evidence = ds["evidence"] if "evidence" in ds.column_names else [None] * len(ds)
+        for i, (text, targets, ev) in enumerate(zip(ds["text"], ds["targets"], evidence)):
+            if text is None:
+                yield None
+                continue
+            record = {"text": str(text), "targets": _present(targets), "evidence": _present(ev)}
+            try:
+                sample = render(record, design, cfg.schema)
+            except ValueError as e:
+                raise DataError(f"{cfg.path} row {i}: {e}; fix the record or DataConfig.schema") from None
+            targets = {name: record["targets"][name] for name in cfg.schema.names if name in record["targets"]}
+            yield i, sample.prompt, sample.response, sample.loss_on_input, json.dumps(targets)
+        return
+    for i, (prompt, response) in enumerate(zip(ds[cfg.prompt_field], ds[cfg.response_field])):
+        if prompt is None or response is None:
+            yield None
+            continue
+        if design is None:
+            yield i, str(prompt), str(response), False, json.dumps(str(response))
+            continue
+        sample = render_plain(str(prompt), str(response), design, cfg.instruction)
+        yield i, sample.prompt, sample.response, sample.loss_on_input, json.dumps(str(response))
+
+
 def _tokenize_all(cfg: DataConfig, tokenizer, ds) -> tuple[dict[str, list], dict[str, int]]:
     rows: dict[str, list] = {"input_ids": [], "labels": [], "row": []}
     counts = {"n_examples": len(ds), "n_truncated": 0, "n_dropped": 0}
-    prompts, responses = ds[cfg.prompt_field], ds[cfg.response_field]
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        if prompt is None or response is None:
+    for sample in _samples(cfg, ds):
+        if sample is None:
             counts["n_dropped"] += 1
             continue
-        p, r = _encode(cfg, tokenizer, str(prompt), str(response))
-        ids, labels = p + r, [IGNORE_INDEX] * len(p) + r
+        i, prompt, response, loss_on_input, _ = sample
+        p, r = _encode(cfg, tokenizer, prompt, response)
+        ids = p + r
+        if loss_on_input:  # position 0 has no token before it to predict it (BOS or chat head)
+            labels = [IGNORE_INDEX] + ids[1:]
+        else:
+            labels = [IGNORE_INDEX] * len(p) + r
         if len(ids) > cfg.max_length:
             if cfg.overflow == "drop" or len(p) >= cfg.max_length:
                 counts["n_dropped"] += 1  # dropped by request, or no response token would fit
@@ -268,6 +423,10 @@ def prepare_data(cfg: DataConfig, tokenizer) -> PreparedData:
         if k in ("prompt_field", "response_field", "template", "prompt_format", "response_format",
                  "system_prompt", "max_length", "overflow")
     }
+    if cfg.design:  # without a design the key is what it was before designs, so caches stay valid
+        key_fields["design"] = cfg.sample_design.to_dict()  # a preset and its slug share a cache
+        key_fields["schema"] = cfg.to_dict()["schema"]
+        key_fields["instruction"] = cfg.instruction if cfg.schema is None else ""
     key = hashlib.sha256(
         json.dumps(
             [_CACHE_VERSION, _data_fingerprint(cfg, ds), tokenizer_fingerprint(tokenizer), key_fields],
@@ -314,10 +473,42 @@ def prepare_data(cfg: DataConfig, tokenizer) -> PreparedData:
     pool = pool[np.random.default_rng([cfg.seed, 13]).permutation(len(pool))]
     return PreparedData(
         train=table.select(pool.tolist()),
-        eval=table.select(np.sort(held).tolist()),
+        eval=_eval_rows(cfg, tokenizer, ds, table.select(np.sort(held).tolist())),
         n_examples=counts["n_examples"],
         n_truncated=counts["n_truncated"],
         n_dropped=counts["n_dropped"],
         cache_path=cache_path,
         sizes=cfg.sizes,
+        design=cfg.sample_design,
+        schema=cfg.schema,
     )
+
+
+def score_outputs(
+    outputs: list[str], references: list[str], design: SampleDesign | None, schema: TargetSchema | None
+) -> TaskScore:
+    """Task metrics (a lensray.design.TaskScore) of generated responses against the held-out
+    `reference` column, one each, in order: an output is the decoded tokens generated after
+    `prompt_ids`, up to the end token. Structured data (a schema) is parsed under the design
+    (`design.score`); plain data is compared as text (`design.score_plain`), so a
+    response_format with words around {response} must not wrap the outputs (the default
+    ' {response}' adds none)."""
+    refs = [json.loads(r) for r in references]
+    if schema is not None:
+        return score(list(outputs), [{"targets": t} for t in refs], design, schema)
+    return score_plain(list(outputs), refs)
+
+
+def _eval_rows(cfg: DataConfig, tokenizer, ds, held):
+    """The held-out rows with `prompt_ids` and `reference` added, rebuilt from their source rows
+    (the `row` column) rather than cached, so a cache written before these columns existed
+    serves as well; an in-memory Dataset (eval_size rows)."""
+    import datasets
+
+    columns = held[:]
+    columns["prompt_ids"], columns["reference"] = [], []
+    for sample in _samples(cfg, ds.select(columns["row"])):
+        _, prompt, response, _, reference = sample  # held rows were usable when tokenised
+        columns["prompt_ids"].append(_encode(cfg, tokenizer, prompt, response)[0])
+        columns["reference"].append(reference)
+    return datasets.Dataset.from_dict(columns)

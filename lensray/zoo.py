@@ -15,10 +15,14 @@ Run it::
 
 Layout of the output directory::
 
-    manifest.json           config hash, seed, and per model: name, path (relative to the
-                            manifest), architecture, n_params, pretrain_steps, corpus, final loss
+    manifest.json           config hash, seed, the task and aspect files and the aspect
+                            schema, and per model: name, path (relative to the manifest),
+                            architecture, n_params, pretrain_steps, corpus, final loss, and
+                            aspect_loss (text and mix models; null for the others)
     tokenizer/              the shared tokenizer (also copied into every model directory)
     task.jsonl              the built-in fine-tuning task, {"prompt": ..., "response": ...}
+    aspects.jsonl           the built-in multi-aspect task, {"text", "targets", "evidence"}
+                            records (lensray.design), with ``aspect_schema`` in the manifest
     models/<name>/          config.json, model.safetensors, tokenizer files
 
 The task ("cipher"): a prompt ``translate : x1 x2 x3 x4 x5 ->`` over 16 symbols ``a..p``, and
@@ -41,6 +45,17 @@ A fine-tune on D examples for a fixed number of epochs takes D / batch steps, so
 model barely moves from its pretrained loss (the pre-power phase) and then its loss falls as
 a power of D once the steps suffice to learn the substitution (the power phase).
 
+The aspect task (`aspect_examples`, `ASPECT_SCHEMA`) serves sample-design selection: short
+restaurant reviews whose food / service / price sentiment is written as a fine-tuning sample
+under a `lensray.design.SampleDesign` (``DataConfig(path=manifest["aspects"], design=...,
+schema=...)``). The tokenizer covers every word of every design's rendering (one token each,
+``\\n`` included, at most 61 tokens a sample with <s> and </s>, so all fit CONTEXT), and the
+``text`` and ``mix`` models see it in pretraining: every `_ASPECT_EVERY`-th step of theirs is
+a batch of `_ASPECT_BATCH` aspect samples, each rendered under a random design, drawn from a
+stream of reviews apart from aspects.jsonl's. The ``copy`` and ``format`` models never see it
+(their aspect embeddings stay untrained), so the model that is best on the cipher need not be
+best on the aspects.
+
 Everything is deterministic given the seed; the build is skipped when `manifest.json` holds
 the same config hash, unless `force`.
 """
@@ -48,6 +63,7 @@ the same config hash, unless `force`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -58,6 +74,8 @@ from typing import Any
 
 import numpy as np
 
+from lensray.design import DESIGN_OPTIONS, SampleDesign, TargetSchema, render
+
 SYMBOLS = tuple("abcdefghijklmnop")
 """The task's alphabet: 16 one-character symbols, each one token."""
 PROMPT_LEN = 5
@@ -65,7 +83,10 @@ PROMPT_LEN = 5
 TASK_SIZE = 4096
 """Examples in the built-in task.jsonl (held-out split and nested subsets are drawn from it)."""
 CONTEXT = 64
-"""max_position_embeddings of every zoo model; task examples are 15 tokens long."""
+"""max_position_embeddings of every zoo model; task examples are 15 tokens long, aspect samples
+at most 61 (the longest design: instruction first, sentence answer after the reasoning)."""
+ASPECT_SIZE = 4096
+"""Records in the built-in aspects.jsonl."""
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}assistant : {{ m['content'] }} </s> "
@@ -113,7 +134,13 @@ ZOO: tuple[ZooModel, ...] = (
 
 _BATCH = 32
 _LR = 3e-3
-_BUILD_VERSION = 2
+_ASPECT_EVERY = 4
+"""Every 4th pretraining step of a text or mix model is a batch of aspect samples instead ..."""
+_ASPECT_BATCH = 8
+"""... of 8 of them: ~50 tokens wide vs ~20 for the 32 documents of a normal step, so an aspect
+step costs less than a normal one (measured: 0.05 s vs 0.09 s for opt-text-160 on one thread)
+and the build time does not grow."""
+_BUILD_VERSION = 3
 """Bump when the generators or the training recipe change, so cached zoos are rebuilt."""
 
 
@@ -174,9 +201,50 @@ def _corpus_doc(corpus: str, rng: np.random.Generator) -> str:
     return _task_prompt(xs) + " " + " ".join(ys)
 
 
+def all_designs() -> list[SampleDesign]:
+    """Every sample design: the product of `lensray.design.DESIGN_OPTIONS` (216 designs)."""
+    return [SampleDesign(**dict(zip(DESIGN_OPTIONS, values))) for values in itertools.product(*DESIGN_OPTIONS.values())]
+
+
+def _aspect_words() -> str:
+    """Every word `aspect_examples` can write, so the tokenizer covers reviews it never saw."""
+    phrases = [*(n for nouns in _ASPECT_NOUNS.values() for n in nouns), *(w for ws in _ASPECT_WORDS.values() for w in ws),
+               *(w for ws in _ASPECT_OWN_WORDS.values() for w in ws), *_ASPECT_TEMPLATES, "the and but , . were"]
+    return " ".join(phrases).replace("{noun}", "").replace("{word}", "")
+
+
+def _aspect_doc(record: dict, design: SampleDesign) -> str:
+    """An aspect record written as one document: its prompt, then its response, under `design`."""
+    sample = render(record, design, ASPECT_SCHEMA)
+    return f"{sample.prompt} {sample.response}"
+
+
+def _pre_tokenizer():
+    """Words are split on spaces and tabs (removed) and on newlines, each newline one token (the
+    line separator of the `lines` designs)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"[^\S\n]+"), "removed"), pre_tokenizers.Split("\n", "isolated")]
+    )
+
+
 def build_tokenizer(seed: int = 0):
-    """Train the shared word-level tokenizer on samples of every corpus and the task."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    """Train the shared word-level tokenizer on samples of every corpus, the cipher task and the
+    aspect task rendered under every design.
+
+    The words of the corpora and the cipher task get the ids they had before the aspect task
+    existed (trained alone, most frequent first); the aspect words, the newline among them,
+    follow, most frequent first. `decode` joins tokens with single spaces.
+    """
+    return _build_tokenizer(seed)[0]
+
+
+def _build_tokenizer(seed: int) -> tuple[Any, int]:
+    """(the tokenizer of `build_tokenizer`, the number of ids before the aspect words)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     rng = np.random.default_rng([seed, 2])
@@ -184,8 +252,18 @@ def build_tokenizer(seed: int = 0):
     docs += [ex["prompt"] + " " + ex["response"] for ex in task_examples(200, seed)]
     docs.append("system user assistant :")  # the chat template's words
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.train_from_iterator(docs, trainers.WordLevelTrainer(special_tokens=list(SPECIALS)))
+    records = aspect_examples(64, seed)
+    aspect_docs = [_aspect_words()] + [
+        _aspect_doc(r, d) for d in all_designs() if d.input_loss == "off" for r in records  # same text either way
+    ]
+    vocab = tok.get_vocab()
+    n_base = len(vocab)
+    new = Counter(w for doc in aspect_docs for w, _ in tok.pre_tokenizer.pre_tokenize_str(doc) if w not in vocab)
+    for word, _ in sorted(new.items(), key=lambda kv: (-kv[1], kv[0])):
+        vocab[word] = len(vocab)
+    tok.model = models.WordLevel(vocab, unk_token="<unk>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
@@ -196,9 +274,10 @@ def build_tokenizer(seed: int = 0):
         eos_token="</s>",
         unk_token="<unk>",
         model_max_length=CONTEXT,
+        clean_up_tokenization_spaces=False,  # keep `good ,` as two words: parsers read words
     )
     fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return fast, n_base
 
 
 def _model_config(spec: ZooModel, tokenizer) -> Any:
@@ -238,14 +317,30 @@ def _model_config(spec: ZooModel, tokenizer) -> Any:
     raise ValueError(f"ZooModel {spec.name!r}: unknown architecture {spec.architecture!r}")
 
 
-def _pretrain(spec: ZooModel, tokenizer, seed: int) -> tuple[Any, float]:
-    """Pretrain one model from scratch on its corpus; returns (model, mean loss of last 50 steps)."""
+def _pretrain(spec: ZooModel, tokenizer, seed: int, n_base: int | None = None) -> tuple[Any, float, float | None]:
+    """Pretrain one model from scratch on its corpus; returns (model, mean loss of its last 50
+    corpus steps, mean loss of its last 10 aspect steps or None for copy/format models).
+
+    The model is initialised with the first `n_base` ids only (the words before the aspect
+    task), then its embeddings are grown to the whole vocabulary, so adding words leaves every
+    initial weight as it was: the copy and format models start where they did before the aspect
+    task (their fine-tuning curves on the cipher depend on that draw). Text and mix models spend
+    every `_ASPECT_EVERY`-th step on `_ASPECT_BATCH` aspect samples (reviews of seed
+    10**6 + `seed`, never aspects.jsonl's stream, each under a random design).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_model_config(spec, tokenizer))
+    config = _model_config(spec, tokenizer)
+    config.vocab_size = n_base or len(tokenizer)
+    model = AutoModelForCausalLM.from_config(config)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # new rows: the model's own init
     rng = np.random.default_rng([seed, 3])
+    aspect_rng = np.random.default_rng([seed, 4])
+    n_aspect_steps = spec.steps // _ASPECT_EVERY if spec.corpus in ("text", "mix") else 0
+    records = aspect_examples(n_aspect_steps * _ASPECT_BATCH, 10**6 + seed)
+    designs = all_designs()
     opt = torch.optim.AdamW(model.parameters(), lr=_LR, weight_decay=0.01)
     # Linear warm-up over 5% of the steps, then linear decay to 10% of the peak.
     warm = max(1, spec.steps // 20)
@@ -253,9 +348,14 @@ def _pretrain(spec: ZooModel, tokenizer, seed: int) -> tuple[Any, float]:
         opt, lambda s: min((s + 1) / warm, 1.0 - 0.9 * max(0, s - warm) / max(1, spec.steps - warm))
     )
     model.train()
-    losses = []
-    for _ in range(spec.steps):
-        docs = [_corpus_doc(spec.corpus, rng) + " </s>" for _ in range(_BATCH)]
+    losses, aspect_losses = [], []
+    for step in range(spec.steps):
+        aspect_step = step % _ASPECT_EVERY == _ASPECT_EVERY - 1 and len(aspect_losses) < n_aspect_steps
+        if aspect_step:
+            batch_records = records[len(aspect_losses) * _ASPECT_BATCH : (len(aspect_losses) + 1) * _ASPECT_BATCH]
+            docs = [_aspect_doc(r, designs[aspect_rng.integers(len(designs))]) + " </s>" for r in batch_records]
+        else:
+            docs = [_corpus_doc(spec.corpus, rng) + " </s>" for _ in range(_BATCH)]
         batch = tokenizer(docs, padding=True, return_tensors="pt")
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         loss = model(**batch, labels=labels).loss
@@ -264,9 +364,9 @@ def _pretrain(spec: ZooModel, tokenizer, seed: int) -> tuple[Any, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        (aspect_losses if aspect_step else losses).append(loss.item())
     model.eval()
-    return model, float(np.mean(losses[-50:]))
+    return model, float(np.mean(losses[-50:])), float(np.mean(aspect_losses[-10:])) if aspect_losses else None
 
 
 def _config_hash(seed: int) -> str:
@@ -276,6 +376,9 @@ def _config_hash(seed: int) -> str:
             "seed": seed,
             "zoo": [asdict(m) for m in ZOO],
             "task_size": TASK_SIZE,
+            "aspect_size": ASPECT_SIZE,
+            "aspect_every": _ASPECT_EVERY,
+            "aspect_batch": _ASPECT_BATCH,
             "batch": _BATCH,
             "lr": _LR,
         },
@@ -297,11 +400,13 @@ def load_manifest(zoo_dir: Path) -> dict[str, Any]:
     for entry in manifest["models"]:
         entry["path"] = str((zoo_dir / entry["path"]).resolve())
     manifest["task"] = str((zoo_dir / manifest["task"]).resolve())
+    if "aspects" in manifest:  # zoos built before the aspect task have none
+        manifest["aspects"] = str((zoo_dir / manifest["aspects"]).resolve())
     manifest["tokenizer"] = str((zoo_dir / manifest["tokenizer"]).resolve())
     return manifest
 
 
-def _build_model(index: int, out_dir: str, seed: int) -> dict[str, Any]:
+def _build_model(index: int, out_dir: str, seed: int, n_base: int | None = None) -> dict[str, Any]:
     """Pretrain and save ZOO[index] into out_dir/models (runs in a worker process)."""
     import torch
     import transformers
@@ -312,7 +417,7 @@ def _build_model(index: int, out_dir: str, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     spec = ZOO[index]
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(out_dir) / "tokenizer")
-    model, final_loss = _pretrain(spec, tokenizer, seed * 1000 + index)
+    model, final_loss, aspect_loss = _pretrain(spec, tokenizer, seed * 1000 + index, n_base)
     path = Path(out_dir) / "models" / spec.name
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
@@ -326,6 +431,7 @@ def _build_model(index: int, out_dir: str, seed: int) -> dict[str, Any]:
         "hidden": spec.hidden,
         "layers": spec.layers,
         "pretrain_loss": round(final_loss, 4),
+        "aspect_loss": None if aspect_loss is None else round(aspect_loss, 4),
         "build_s": time.perf_counter() - start,
     }
 
@@ -350,12 +456,18 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)  # a half-built zoo must not look complete
 
-    tokenizer = build_tokenizer(seed)
+    tokenizer, n_base = _build_tokenizer(seed)
     tokenizer.save_pretrained(out_dir / "tokenizer")
     with open(out_dir / "task.jsonl", "w") as f:
         for ex in task_examples(TASK_SIZE, seed):
             f.write(json.dumps(ex) + "\n")
-    print(f"zoo: tokenizer ({len(tokenizer)} tokens) and task.jsonl ({TASK_SIZE} examples) written")
+    with open(out_dir / "aspects.jsonl", "w") as f:
+        for record in aspect_examples(ASPECT_SIZE, seed):
+            f.write(json.dumps(record) + "\n")
+    print(
+        f"zoo: tokenizer ({len(tokenizer)} tokens), task.jsonl ({TASK_SIZE} examples) and "
+        f"aspects.jsonl ({ASPECT_SIZE} records) written"
+    )
 
     # Tiny models: one thread per model is ~10x faster per step than two threads on one model,
     # so the models are pretrained in parallel processes, one thread each (order-independent:
@@ -368,7 +480,7 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # Longest first (cost ~ d^2 x layers x steps), so the two processes finish together.
         order = sorted(range(len(ZOO)), key=lambda i: -ZOO[i].hidden ** 2 * ZOO[i].layers * ZOO[i].steps)
-        jobs = {pool.submit(_build_model, i, str(out_dir), seed): i for i in order}
+        jobs = {pool.submit(_build_model, i, str(out_dir), seed, n_base): i for i in order}
         for done, job in enumerate(as_completed(jobs), 1):
             entry = job.result()
             entries[jobs[job]] = entry
@@ -384,9 +496,115 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
         "tokenizer": "tokenizer",
         "task": "task.jsonl",
         "task_fields": {"prompt": "prompt", "response": "response"},
+        "aspects": "aspects.jsonl",
+        "aspect_schema": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ASPECT_SCHEMA).items()},
         "build_s": round(time.perf_counter() - start, 1),
         "models": entries,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"zoo: {len(ZOO)} models built in {manifest['build_s']}s -> {manifest_path}")
     return manifest_path
+
+
+# The built-in multi-aspect task: structured records for sample-design selection (design.py).
+
+ASPECT_SCHEMA = TargetSchema(
+    names=("food", "service", "price"),
+    labels=("positive", "negative", "neutral"),
+    numeric=("1", "-1", "0"),
+    instruction="rate food , service and price :",
+    placeholder="none",
+)
+"""Targets of `aspect_examples`: three aspects, three sentiment labels (numeric 1/-1/0)."""
+
+_ASPECT_NOUNS = {
+    "food": ("food", "pasta", "soup"),
+    "service": ("service", "staff", "waiter"),
+    "price": ("price", "bill", "cost"),
+}
+"""Words that name each aspect in a review: the label of a clause hangs on its noun."""
+_ASPECT_WORDS = {
+    "positive": ("good", "great", "excellent"),
+    "negative": ("bad", "awful", "not good", "not great"),
+    "neutral": ("okay", "average", "not bad", "fine"),
+}
+"""Opinion words shared by every aspect. Negations flip a label (`not good` is negative) or soften
+it (`not bad` is neutral), so a word seen in a clause is not its label."""
+_ASPECT_OWN_WORDS = {
+    ("food", "positive"): ("tasty", "fresh"),
+    ("food", "negative"): ("cold", "bland"),
+    ("service", "positive"): ("friendly", "quick"),
+    ("service", "negative"): ("rude", "slow"),
+    ("price", "positive"): ("cheap", "fair", "not expensive"),
+    ("price", "negative"): ("expensive", "too high"),
+}
+"""Opinion words that fit one aspect only (none for neutral)."""
+_ASPECT_TEMPLATES = ("{noun} was {word}", "{noun} seemed {word}", "{noun} looked {word}")
+"""Clauses of one aspect, after `the`; the clause without `the` is the aspect's evidence."""
+_ASPECT_CONTRAST = {"good": "negative", "great": "negative", "bad": "neutral"}
+"""``the A was W but the B was not``: B's label is that of `not W` (see _ASPECT_WORDS)."""
+_ASPECT_MENTION_P = 0.6
+_ASPECT_JOINT_P = 0.3
+
+
+def aspect_examples(n: int, seed: int) -> list[dict]:
+    """`n` restaurant-style reviews over the aspects of `ASPECT_SCHEMA` as structured records
+    ``{"text", "targets", "evidence"}`` (see lensray.design), deterministic in `seed`.
+
+    Each aspect is mentioned with probability 0.6 (at least one per review) with a uniform
+    label, in a random order, in one clause ``the <noun> was <word>`` (or `seemed`, `looked`);
+    clauses are joined by `,` / `and` / `but` regardless of their labels, so a label is only
+    inferable from its own clause. With probability 0.3 two aspects share one clause:
+    ``the A and the B were W`` (same label) or ``the A was W but the B was not`` (B takes the
+    label of `not W`). The evidence of an aspect is its clause without the leading `the`.
+    Punctuation is written as separate words; the reviews use 40 distinct words (63 with every
+    design's rendering), so a word-level tokenizer can cover them.
+    """
+    rng = np.random.default_rng([seed, 21])
+    names, labels = ASPECT_SCHEMA.names, ASPECT_SCHEMA.labels
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[rng.integers(len(options))]
+
+    def word_for(name: str, label: str) -> str:
+        return pick(_ASPECT_WORDS[label] + _ASPECT_OWN_WORDS.get((name, label), ()))
+
+    out = []
+    for _ in range(n):
+        mentioned = [name for name in names if rng.random() < _ASPECT_MENTION_P]
+        if not mentioned:
+            mentioned = [pick(names)]
+        mentioned = [mentioned[i] for i in rng.permutation(len(mentioned))]
+        targets: dict[str, str] = {}
+        evidence: dict[str, str] = {}
+        clauses = []
+        while mentioned:
+            a = mentioned.pop(0)
+            noun_a = pick(_ASPECT_NOUNS[a])
+            if mentioned and rng.random() < _ASPECT_JOINT_P:
+                b = mentioned.pop(0)
+                noun_b = pick(_ASPECT_NOUNS[b])
+                if rng.random() < 0.5:
+                    word = pick(tuple(_ASPECT_CONTRAST))
+                    label_a = next(lab for lab in labels if word in _ASPECT_WORDS[lab])
+                    clause = f"{noun_a} was {word} but the {noun_b} was not"
+                    targets[a], targets[b] = label_a, _ASPECT_CONTRAST[word]
+                else:
+                    label = pick(labels)
+                    clause = f"{noun_a} and the {noun_b} were {pick(_ASPECT_WORDS[label])}"
+                    targets[a] = targets[b] = label
+                evidence[a] = evidence[b] = clause
+            else:
+                targets[a] = pick(labels)
+                clause = pick(_ASPECT_TEMPLATES).format(noun=noun_a, word=word_for(a, targets[a]))
+                evidence[a] = clause
+            clauses.append(clause)
+        text = f"the {clauses[0]}"
+        for clause in clauses[1:]:
+            text += f" {pick((',', 'and', 'but'))} the {clause}"
+        out.append({
+            "text": text + " .",
+            "targets": {name: targets[name] for name in names if name in targets},
+            "evidence": {name: evidence[name] for name in names if name in evidence},
+        })
+    return out

@@ -1,15 +1,20 @@
 """lensray.data: config validation, loading and field errors, templates and loss masking,
-overflow handling, the tokenised cache, nested subsets and the fixed held-out split."""
+overflow handling, the tokenised cache, nested subsets and the fixed held-out split; sample
+designs over structured and plain data, and the held-out prompts and references a task metric
+scores."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from lensray.data import IGNORE_INDEX, DataConfig, DataError, prepare_data
-from lensray.zoo import task_examples
+from lensray.data import IGNORE_INDEX, DataConfig, DataError, prepare_data, tokenizer_fingerprint
+from lensray.design import TargetSchema, design_from_config, render, score, score_plain
+from lensray.zoo import ASPECT_SCHEMA, aspect_examples, task_examples
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -154,3 +159,164 @@ def test_other_local_formats(suffix, tmp_path, tokenizer):
         path.write_text(json.dumps(rows))
     data = prepare_data(cfg(path, tmp_path, sizes=(8, 16), eval_size=16), tokenizer)
     assert len(data.train) + len(data.eval) == 80
+
+
+# Sample designs (lensray.design): structured records and plain data rendered under a design.
+
+LOSS_ON_COT = "inst-last.loss-on.json.omit.num.cot"
+DESIGNS = ("es-sde", LOSS_ON_COT, "inst-none.loss-off.sentence.ph.text.ans-cot", "inst-first.loss-on.lines.omit.num.direct")
+
+
+@pytest.fixture
+def aspect_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "aspects.jsonl", aspect_examples(200, seed=0))
+
+
+def words(text: str) -> list[str]:
+    return text.split(" ")  # rendered text: words joined by single spaces (newlines are words)
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_structured_rows_split_prompt_and_response_under_the_design(design, aspect_file, tmp_path, tokenizer):
+    data = prepare_data(cfg(aspect_file, tmp_path, design=design, schema=ASPECT_SCHEMA), tokenizer)
+    records = aspect_examples(200, seed=0)
+    sample_design = design_from_config(design)
+    assert data.design == sample_design and data.schema == ASPECT_SCHEMA
+    for row in data.eval.select(range(5)):
+        sample = render(records[row["row"]], sample_design, ASPECT_SCHEMA)
+        ids, labels = row["input_ids"], row["labels"]
+        assert tokenizer.convert_ids_to_tokens(ids) == ["<s>", *words(sample.prompt), *words(sample.response), "</s>"]
+        n_prompt = 1 + len(words(sample.prompt))
+        assert row["prompt_ids"] == ids[:n_prompt]
+        if sample_design.input_loss == "on":  # every token but the first, which nothing predicts
+            assert labels == [IGNORE_INDEX] + ids[1:]
+        else:
+            assert labels == [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+        assert json.loads(row["reference"]) == records[row["row"]]["targets"]
+    assert data.n_truncated == data.n_dropped == 0
+
+
+@pytest.mark.parametrize("design", DESIGNS)
+def test_eval_references_score_perfectly_when_generated(design, aspect_file, tmp_path, tokenizer):
+    data = prepare_data(cfg(aspect_file, tmp_path, design=design, schema=ASPECT_SCHEMA), tokenizer)
+    # What a greedy generation from prompt_ids would decode to if it wrote the reference response.
+    outputs = [
+        tokenizer.decode(row["input_ids"][len(row["prompt_ids"]) :], skip_special_tokens=True) for row in data.eval
+    ]
+    records = [{"targets": json.loads(r)} for r in data.eval["reference"]]
+    perfect = score(outputs, records, design_from_config(design), ASPECT_SCHEMA)
+    assert (perfect.accuracy, perfect.f1, perfect.format_error_rate, perfect.n) == (1.0, 1.0, 0.0, 40)
+    assert data.score(outputs) == perfect
+    assert data.score(outputs[1:] + outputs[:1]).accuracy < 1.0  # outputs in the wrong rows
+
+
+def test_plain_eval_references_score_perfectly(task_file, tmp_path, tokenizer):
+    for design in ("", "es-sde"):
+        data = prepare_data(cfg(task_file, tmp_path, design=design, instruction="translate" if design else ""), tokenizer)
+        outputs = [
+            tokenizer.decode(row["input_ids"][len(row["prompt_ids"]) :], skip_special_tokens=True) for row in data.eval
+        ]
+        references = [json.loads(r) for r in data.eval["reference"]]
+        assert references[0] == task_examples(300, seed=0)[data.eval[0]["row"]]["response"]
+        assert data.score(outputs) == score_plain(outputs, references)
+        assert data.score(outputs).accuracy == 1.0
+
+
+def test_plain_data_with_a_design_places_the_instruction(task_file, tmp_path, tokenizer):
+    example = task_examples(300, seed=0)
+    none = prepare_data(cfg(task_file, tmp_path), tokenizer)
+    plain = prepare_data(cfg(task_file, tmp_path, design="plain"), tokenizer)  # instruction none, loss off
+    assert plain.eval["input_ids"] == none.eval["input_ids"] and plain.eval["labels"] == none.eval["labels"]
+    assert plain.cache_path != none.cache_path
+    first = prepare_data(cfg(task_file, tmp_path, design="es-sde", instruction="the cat"), tokenizer)
+    last_design = "inst-last.loss-on.lines.ph.text.direct"
+    last = prepare_data(cfg(task_file, tmp_path, design=last_design, instruction="the cat"), tokenizer)
+    for data, place in ((first, "first"), (last, "last")):
+        row = data.eval[0]
+        prompt = example[row["row"]]["prompt"]
+        expected = f"<s> the cat {prompt}" if place == "first" else f"<s> {prompt} the cat"
+        assert tokenizer.decode(row["prompt_ids"]) == expected
+        assert tokenizer.decode(row["input_ids"]) == f"{expected} {example[row['row']]['response']} </s>"
+    n_prompt = len(first.eval[0]["prompt_ids"])
+    assert first.eval[0]["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt  # es-sde: no loss on the input
+    assert last.eval[0]["labels"] == [IGNORE_INDEX] + last.eval[0]["input_ids"][1:]  # loss on the input
+    assert len({none.cache_path, first.cache_path, last.cache_path}) == 3
+    other = prepare_data(cfg(task_file, tmp_path, design="es-sde", instruction="the dog"), tokenizer)
+    assert other.cache_path != first.cache_path  # the instruction is part of the key
+
+
+def test_cache_keys_differ_between_designs(aspect_file, tmp_path, tokenizer):
+    paths = {d: prepare_data(cfg(aspect_file, tmp_path, design=d, schema=ASPECT_SCHEMA), tokenizer).cache_path
+             for d in DESIGNS}
+    assert len(set(paths.values())) == len(DESIGNS)
+    slug = "inst-first.loss-off.lines.ph.text.direct"  # es-sde by its option slug: same tokens, same cache
+    assert prepare_data(cfg(aspect_file, tmp_path, design=slug, schema=ASPECT_SCHEMA), tokenizer).cache_path == paths["es-sde"]
+    renamed = dataclasses.replace(ASPECT_SCHEMA, placeholder="nothing")
+    assert prepare_data(cfg(aspect_file, tmp_path, design="es-sde", schema=renamed), tokenizer).cache_path != paths["es-sde"]
+
+
+def test_no_design_keeps_the_cache_key_of_before(task_file, tmp_path, tokenizer):
+    data = prepare_data(cfg(task_file, tmp_path), tokenizer)
+    old_fields = {"prompt_field": "prompt", "response_field": "response", "template": "plain", "prompt_format": "{prompt}",
+                  "response_format": " {response}", "system_prompt": "", "max_length": 64, "overflow": "truncate"}
+    digest = hashlib.sha256(task_file.read_bytes()).hexdigest()
+    blob = json.dumps([1, digest, tokenizer_fingerprint(tokenizer), old_fields], sort_keys=True)
+    assert data.cache_path.name == hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def test_config_round_trips_a_schema_through_plain_dicts(tmp_path):
+    config = DataConfig(path="aspects.jsonl", design=LOSS_ON_COT, schema=ASPECT_SCHEMA, sizes=(8, 16))
+    plain = json.loads(json.dumps(config.to_dict()))  # what YAML or a Tune config carries
+    assert plain["schema"]["names"] == ["food", "service", "price"]
+    again = DataConfig.from_dict(plain)
+    assert again == config and isinstance(again.schema, TargetSchema)
+    assert again.sample_design == design_from_config(LOSS_ON_COT)
+    as_dict = DataConfig(path="x.jsonl", design={"preset": "es-sde", "output_format": "json"}, schema=plain["schema"])
+    assert as_dict.design == "inst-first.loss-off.json.ph.text.direct" and as_dict.schema == ASPECT_SCHEMA
+    assert DataConfig(path="x.jsonl").to_dict()["design"] == "" and DataConfig(path="x.jsonl").sample_design is None
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"design": "es_sde"}, r"DataConfig\.design='es_sde'.*\['es-sde', 'plain'\].*closest: 'es-sde'"),
+        ({"design": "inst-up.loss-off.lines.ph.text.direct"},
+         r"DataConfig\.design=.*'inst-up' names no instruction value.*'inst-first'"),
+        ({"design": {"output": "json"}}, r"DataConfig\.design: unknown option 'output'.*output_format"),
+        ({"schema": ASPECT_SCHEMA}, r"DataConfig\.schema is set but DataConfig\.design is empty"),
+        ({"instruction": "translate"}, r"DataConfig\.instruction is set but DataConfig\.design is empty"),
+        ({"design": "es-sde"}, r"DataConfig\.instruction is empty but DataConfig\.design='es-sde' places"),
+        ({"design": LOSS_ON_COT, "instruction": "go"}, r"DataConfig\.design=.*plain data.*design\.output_format='json'"),
+        ({"design": "es-sde", "schema": {"names": ["food"], "labels": ["good"]}}, r"DataConfig\.schema: .*numeric"),
+        ({"design": "es-sde", "schema": {"names": ["food"], "colour": "red"}},
+         r"DataConfig\.schema: unknown field\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_design_settings_name_the_field_and_the_fix(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(path="x.jsonl", **kw)
+
+
+def test_structured_data_errors_name_the_field(tmp_path, tokenizer, task_file):
+    with pytest.raises(DataError) as err:
+        prepare_data(cfg(task_file, tmp_path, design="es-sde", schema=ASPECT_SCHEMA), tokenizer)
+    msg = str(err.value)
+    assert "DataConfig.schema is set" in msg and "no field 'text'" in msg and "['prompt', 'response']" in msg
+    no_targets = write_jsonl(tmp_path / "t.jsonl", [{"text": "the food was good ."}] * 10)
+    with pytest.raises(DataError, match=r"no field 'targets'; the data has fields \['text'\]"):
+        prepare_data(cfg(no_targets, tmp_path, design="es-sde", schema=ASPECT_SCHEMA), tokenizer)
+    rows = aspect_examples(60, seed=0)
+    rows[3] = {"text": "the food was good .", "targets": {"food": "great"}}
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 3: record target food='great': use one of TargetSchema.labels"):
+        prepare_data(cfg(bad, tmp_path, design="es-sde", schema=ASPECT_SCHEMA), tokenizer)
+
+
+def test_chat_template_with_a_design(aspect_file, tmp_path, tokenizer):
+    data = prepare_data(cfg(aspect_file, tmp_path, template="chat", design=LOSS_ON_COT, schema=ASPECT_SCHEMA), tokenizer)
+    row = data.eval[0]
+    sample = render(aspect_examples(200, seed=0)[row["row"]], design_from_config(LOSS_ON_COT), ASPECT_SCHEMA)
+    assert tokenizer.decode(row["prompt_ids"]) == f"user : {sample.prompt} assistant :"
+    assert row["labels"] == [IGNORE_INDEX] + row["input_ids"][1:]  # loss on the input: all but the first
+    outputs = [tokenizer.decode(r["input_ids"][len(r["prompt_ids"]) :], skip_special_tokens=True) for r in data.eval]
+    assert outputs[0] == sample.response and data.score(outputs).accuracy == 1.0

@@ -1,14 +1,31 @@
 """lensray.zoo: the offline candidate pool loads like hub models, is cached and deterministic,
-and its task makes the fine-tuned ranking differ from the zero-shot and the size rankings."""
+and its task makes the fine-tuned ranking differ from the zero-shot and the size rankings; the
+aspect task is covered by the tokenizer under every sample design, fits the context, ships with
+the zoo and is known to the text and mix models."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import numpy as np
 import pytest
 
-from lensray.zoo import ZOO, build_tokenizer, build_zoo, task_examples
+from lensray.design import TargetSchema, render
+from lensray.zoo import (
+    ASPECT_SCHEMA,
+    ASPECT_SIZE,
+    CONTEXT,
+    ZOO,
+    _aspect_doc,
+    _aspect_words,
+    _corpus_doc,
+    all_designs,
+    aspect_examples,
+    build_tokenizer,
+    build_zoo,
+    task_examples,
+)
 
 
 def test_manifest_lists_a_diverse_pool(zoo_manifest):
@@ -126,3 +143,85 @@ def test_finetuned_ranking_differs_from_zero_shot_and_size(zoo_manifest, tmp_pat
     d32, d64, d256 = curves["neox-copy-48"]
     assert d64 > 0.75 * d32 and d256 < 0.1 * d64, curves["neox-copy-48"]
     assert len(ZOO) == len(zoo_manifest["models"])
+
+
+# The aspect task: in the tokenizer, in the zoo directory, and seen by the text and mix models.
+
+OLD_FIRST_IDS = ["<pad>", "<s>", "</s>", "<unk>", "the", ".", ":", "->", "translate", "named"]
+"""The first ids of the tokenizer before the aspect task: they must not move."""
+
+
+def test_tokenizer_keeps_the_old_words_and_isolates_newlines(tokenizer):
+    rng = np.random.default_rng(0)
+    docs = [_corpus_doc(c, rng) for c in ("copy", "format", "text") for _ in range(100)]
+    docs += [ex["prompt"] + " " + ex["response"] for ex in task_examples(100, seed=0)]
+    for doc in docs:  # the cipher task and the corpora tokenise to the same words as before
+        ids = tokenizer(doc)["input_ids"]
+        assert tokenizer.convert_ids_to_tokens(ids) == ["<s>", *doc.split()]
+        assert tokenizer.decode(ids, skip_special_tokens=True) == doc
+    vocab = tokenizer.get_vocab()
+    assert tokenizer.convert_ids_to_tokens(range(len(OLD_FIRST_IDS))) == OLD_FIRST_IDS
+    old_words = {w for doc in docs for w in doc.split()} | {"system", "user", "assistant"}
+    aspect_only = (set(_aspect_words().split()) | {"\n", "reasoning", "answer", '"food"', "-1"}) - old_words
+    assert len(aspect_only) > 40
+    assert max(vocab[w] for w in old_words) < min(vocab[w] for w in aspect_only)  # new words come after
+    text = "the food is good , the staff was rude . \n answer : { \"food\" : -1 }"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == text.split(" ")  # the newline is its own token
+    assert tokenizer.decode(ids) == text  # words joined by single spaces, no clean-up of `good ,`
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a  b\tc\n\nd", add_special_tokens=False)["input_ids"]) == [
+        "a", "b", "c", "\n", "\n", "d"
+    ]
+
+
+def test_aspect_samples_fit_the_context_under_every_design(tokenizer):
+    vocab = tokenizer.get_vocab()
+    designs = [d for d in all_designs() if d.input_loss == "off"]  # input_loss changes no text
+    assert len(all_designs()) == 216 and len(designs) == 108
+    records = aspect_examples(ASPECT_SIZE, seed=0)  # every record of the zoo's aspects.jsonl
+    longest, unknown, spot = 0, set(), []
+    for i, design in enumerate(designs):
+        for j, record in enumerate(records):
+            sample = render(record, design, ASPECT_SCHEMA)
+            prompt, response = sample.prompt.split(" "), sample.response.split(" ")
+            unknown.update(w for w in prompt + response if w not in vocab)
+            longest = max(longest, 1 + len(prompt) + len(response) + 1)  # <s> ... </s>
+            if j % 97 == i % 97:
+                spot.append((sample, len(prompt), len(response)))
+    assert not unknown and longest <= CONTEXT, (unknown, longest)
+    # The word counts are the token counts of the zoo tokenizer (spot check ~4.6k samples).
+    prompts = tokenizer([s.prompt for s, _, _ in spot])["input_ids"]
+    responses = tokenizer([s.response for s, _, _ in spot], add_special_tokens=False)["input_ids"]
+    for p, r, (_, n_prompt, n_response) in zip(prompts, responses, spot):
+        assert len(p) == 1 + n_prompt and len(r) == n_response
+        assert tokenizer.unk_token_id not in p + r
+
+
+def test_zoo_ships_the_aspect_task(zoo_manifest):
+    with open(zoo_manifest["aspects"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == ASPECT_SIZE and rows[:50] == aspect_examples(50, seed=zoo_manifest["seed"])
+    assert TargetSchema(**zoo_manifest["aspect_schema"]) == ASPECT_SCHEMA
+    for entry in zoo_manifest["models"]:
+        assert (entry["aspect_loss"] is not None) == (entry["corpus"] in ("text", "mix")), entry
+
+
+def test_text_and_mix_models_know_the_aspect_words(zoo_manifest):
+    """Pretraining on aspect samples trains their embeddings: text and mix models predict held-out
+    aspect samples far better than copy and format models, which never saw the words."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(zoo_manifest["tokenizer"])
+    designs = all_designs()
+    docs = [_aspect_doc(r, designs[(7 * i) % len(designs)]) + " </s>" for i, r in enumerate(aspect_examples(32, seed=99))]
+    batch = tok(docs, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    loss = {}
+    for entry in zoo_manifest["models"]:
+        model = AutoModelForCausalLM.from_pretrained(entry["path"])
+        with torch.no_grad():
+            loss[entry["name"]] = float(model(**batch, labels=labels).loss)
+    seen = [loss[m["name"]] for m in zoo_manifest["models"] if m["corpus"] in ("text", "mix")]
+    unseen = [loss[m["name"]] for m in zoo_manifest["models"] if m["corpus"] in ("copy", "format")]
+    assert max(seen) < 0.5 * min(unseen), loss
