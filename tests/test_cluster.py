@@ -114,6 +114,33 @@ def lensray(*args: str, env: dict, timeout: float = 600) -> subprocess.Completed
     return subprocess.run([str(BIN / "lensray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def submit(cluster: dict, cfg: Path, out: Path) -> str:
+    """`lensray submit` without waiting; the job's id."""
+    r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), env=cluster["env"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.split()[1].rstrip(":")
+
+
+def wait_until(condition, deadline: float, step_s: float = 0.5) -> None:
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(step_s)
+
+
+def wait_for_job(cluster: dict, job_id: str, deadline: float) -> str:
+    """Poll `lensray jobs` until the job ends; its final status."""
+    status = ""
+
+    def ended() -> bool:
+        nonlocal status
+        jobs = lensray("jobs", "--address", cluster["url"], env=cluster["env"]).stdout.splitlines()
+        status = {line.split()[0]: line.split()[1] for line in jobs}.get(job_id, "")
+        return status in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    wait_until(ended, deadline, step_s=1.0)
+    return status
+
+
 def replay_config(folder: Path, **over) -> Path:
     """A replay sweep whose curves file sits next to the config (it travels as the working dir)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,20 +189,12 @@ def test_submission_without_the_token_is_refused(cluster, tmp_path):
 def test_stop_ends_a_running_job_and_resubmit_resumes_it(cluster, tmp_path):
     cfg = replay_config(tmp_path / "cfg", replay={"curves": "flan.csv", "sleep_s_per_pflop": 2e-3})
     out = cluster["out"] / "stopped"
-    r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), env=cluster["env"])
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.split()[1].rstrip(":")
+    job_id = submit(cluster, cfg, out)
     state = out / "flan" / "sweep.jsonl"
     deadline = time.time() + 300
-    while not (state.exists() and state.read_text().count("\n") >= 10) and time.time() < deadline:
-        time.sleep(1)
+    wait_until(lambda: state.exists() and state.read_text().count("\n") >= 10, deadline)
     assert lensray("stop", job_id, "--address", cluster["url"], env=cluster["env"]).returncode == 0
-    while time.time() < deadline:
-        st = {l.split()[0]: l.split()[1] for l in lensray("jobs", "--address", cluster["url"], env=cluster["env"]).stdout.splitlines()}
-        if st.get(job_id) == "STOPPED":
-            break
-        time.sleep(1)
-    assert st.get(job_id) == "STOPPED"
+    assert wait_for_job(cluster, job_id, deadline) == "STOPPED"
     assert not (out / "flan" / "selection.json").exists()
 
     r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), "--resume", "--wait", env=cluster["env"])
@@ -194,21 +213,14 @@ def test_a_lost_worker_node_mid_sweep_retries_its_probes(cluster, tmp_path):
     cfg = replay_config(tmp_path / "cfg", pool={"models": pool}, scheduler={"enabled": False},
                         replay={"curves": "flan.csv", "sleep_s_per_pflop": 2.0}, resources={"cpus_per_worker": 1})
     out = cluster["out"] / "lost-node"
-    r = lensray("submit", str(cfg), "--address", cluster["url"], "--out", str(out), env=cluster["env"])
-    assert r.returncode == 0, r.stderr
-    job_id = r.stdout.split()[1].rstrip(":")
+    job_id = submit(cluster, cfg, out)
     state = out / "flan" / "sweep.jsonl"
     deadline = time.time() + 300
-    while not (state.exists() and state.read_text().count('"observation"') >= 5) and time.time() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: state.exists() and state.read_text().count('"observation"') >= 5, deadline)
     os.killpg(node.pid, signal.SIGKILL)  # raylet, its workers and their probes: gone at once
-    while time.time() < deadline:
-        status = {l.split()[0]: l.split()[1] for l in lensray("jobs", "--address", cluster["url"], env=cluster["env"]).stdout.splitlines()}
-        if status.get(job_id) in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(2)
+    status = wait_for_job(cluster, job_id, deadline)
     logs = lensray("logs", job_id, "--address", cluster["url"], env=cluster["env"]).stdout
-    assert status.get(job_id) == "SUCCEEDED", logs[-3000:]
+    assert status == "SUCCEEDED", logs[-3000:]
     assert "lost (" in logs and "retrying, failure 1 of 2 allowed" in logs, logs[-3000:]
     doc = json.loads((out / "flan" / "selection.json").read_text())
     assert {e["status"] for e in doc["ranking"]} == {"finished"} and len(doc["ranking"]) == 6
