@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from lensray.data import DataConfig
+from lensray.design import design_from_config
 from lensray.fit import FitConfig
 from lensray.probe import ProbeConfig
 from lensray import storage
@@ -58,6 +59,23 @@ class PoolConfig:
 
     models: list[ModelSpec] = field(default_factory=list)
     """Models to choose from. For the replay backend, empty means every row of the curves file."""
+    designs: list[str] = field(default_factory=list)
+    """Sample designs (lensray.design) to cross with the models: presets such as `es-sde`,
+    design names such as `inst-last.loss-on.json.omit.num.cot`, or mappings of options (turned
+    into their names). Each model x design is a Candidate named `<model>+<design>`. Empty = the
+    models alone, each under `data.design`. More than one design needs `probe.metric: task`."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What one probe fine-tunes and the selection ranks: a model under a sample design."""
+
+    name: str
+    """The model's name, or `<model>+<design>` when the pool crosses designs."""
+    model: ModelSpec
+    """The pretrained model."""
+    design: str = ""
+    """The sample design's name (empty: the data's own, `data.design`)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +220,50 @@ class SelectConfig:
     seed: int = 0
     """Seed for subsets and training."""
 
+    def candidates(self) -> list[Candidate]:
+        """The pool's Candidates: every model, crossed with every design when designs are given."""
+        if not self.pool.designs:
+            return [Candidate(m.name, m) for m in self.pool.models]
+        return [Candidate(f"{m.name}+{d}", m, d) for m in self.pool.models for d in self.pool.designs]
+
+    def candidate(self, name: str) -> Candidate:
+        """The Candidate called `name` (KeyError when the pool has none)."""
+        found = next((c for c in self.candidates() if c.name == name), None)
+        if found is None:
+            raise KeyError(f"no candidate {name!r} in the pool")
+        return found
+
+    def candidate_data(self, candidate: Candidate) -> DataConfig:
+        """The data config a candidate's probe fine-tunes on: `data` under its design."""
+        if self.data is None or not candidate.design:
+            return self.data
+        return dataclasses.replace(self.data, design=candidate.design)
+
+    def ranked_by(self) -> str:
+        """The quantity fitted and ranked: `loss`, or `error` (1 - accuracy) with probe.metric task."""
+        return "error" if self.backend == "hf" and self.probe.metric == "task" else "loss"
+
+    def _check_designs(self) -> None:
+        designs = self.pool.designs
+        if not designs:
+            return
+        if self.backend != "hf":
+            raise ConfigError("pool.designs needs backend hf: recorded curves are of models alone")
+        repeated = sorted({d for d in designs if designs.count(d) > 1})
+        if repeated:
+            raise ConfigError(f"pool.designs: designs must differ, repeated: {repeated}")
+        if len(designs) > 1 and self.probe.metric != "task":
+            raise ConfigError(
+                f"pool.designs has {len(designs)} designs but probe.metric is {self.probe.metric!r}: held-out "
+                "loss is not comparable across designs (they write different targets); set probe.metric: task"
+            )
+        if self.data is not None:
+            for i, d in enumerate(designs):
+                try:
+                    dataclasses.replace(self.data, design=d)
+                except ValueError as err:
+                    raise ConfigError(f"pool.designs[{i}]={d!r}: {err}") from None
+
     def __post_init__(self) -> None:
         backends = ("hf", "replay")
         if self.backend not in backends:
@@ -218,6 +280,7 @@ class SelectConfig:
         dups = sorted({n for n in names if names.count(n) > 1})
         if dups:
             raise ConfigError(f"pool.models: candidate names must be unique, repeated: {dups}")
+        self._check_designs()
         if self.backend == "hf":
             if not names:
                 raise ConfigError("pool.models is empty: list at least one model (name and path), or set `zoo`")
@@ -288,11 +351,27 @@ def _from_dict(cls: type, data: dict, where: str) -> Any:
         raise ConfigError(str(err)) from None
 
 
-def _model_entries(raw: dict) -> None:
-    """Allow `models: [name, ...]` as shorthand for `[{name: ..}, ...]`."""
-    models = (raw.get("pool") or {}).get("models")
-    if isinstance(models, list):
-        raw["pool"]["models"] = [{"name": m} if isinstance(m, str) else m for m in models]
+def _pool_entries(raw: dict) -> None:
+    """Allow `models: [name, ...]` as shorthand for `[{name: ..}, ...]`; write every design by
+    its name, so a preset, its option mapping and its name are one design. With designs, the
+    data's own design is the first one's (each candidate's probe sets its own)."""
+    pool = raw.get("pool") or {}
+    if isinstance(pool.get("models"), list):
+        pool["models"] = [{"name": m} if isinstance(m, str) else m for m in pool["models"]]
+    if not isinstance(pool.get("designs"), list) or not pool["designs"]:
+        return
+    names = []
+    for i, d in enumerate(pool["designs"]):
+        try:
+            names.append(design_from_config(d).name)
+        except ValueError as err:
+            raise ConfigError(f"pool.designs[{i}]: {err}") from None
+    pool["designs"] = names
+    data = raw.get("data")
+    if isinstance(data, dict):
+        if data.get("design"):
+            raise ConfigError("data.design and pool.designs are both set: list every design in pool.designs")
+        data["design"] = names[0]
 
 
 def check_output(output: str) -> None:
@@ -303,6 +382,11 @@ def check_output(output: str) -> None:
         raise ConfigError(str(err)) from None
 
 
+ZOO_DATA = "zoo:"
+"""Prefix of a data path naming a task of the zoo (with `zoo` set): `zoo:task` (the cipher task,
+the default) or `zoo:aspects` (the multi-aspect task of sample designs; its schema is filled in)."""
+ZOO_TASKS = {"task": "task.jsonl", "aspects": "aspects.jsonl"}
+
 FILE_FIELDS = (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config"))
 """Config fields that name files; relative ones resolve against the config's folder."""
 
@@ -312,11 +396,11 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    _model_entries(raw)
+    _pool_entries(raw)
     if base_dir is not None:
         for section, key in FILE_FIELDS:
             sec = raw.get(section)
-            if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] and not sec[key].startswith(ZOO_DATA):
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
     if isinstance(raw.get("output"), str) and raw["output"]:  # relative to where lensray runs
         check_output(raw["output"])
@@ -326,6 +410,8 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
     if raw.get("zoo"):
         _zoo_defaults(raw, Path(raw["zoo"]))
     if isinstance(raw.get("data"), dict):
+        if str(raw["data"].get("path", "")).startswith(ZOO_DATA):
+            raise ConfigError(f"data.path={raw['data']['path']!r} is a task of the zoo: set `zoo` (the zoo's folder, e.g. zoo: zoo)")
         plan = _from_dict(PlanConfig, raw.get("plan") or {}, "plan")
         if "sizes" in raw["data"]:
             raise ConfigError("data.sizes is set by lensray from the plan; use plan.sizes (or plan.start/budget)")
@@ -344,8 +430,18 @@ def _zoo_defaults(raw: dict, zoo: Path) -> None:
         if isinstance(m, dict) and not m.get("path"):
             m["path"] = str(zoo / "models" / m.get("name", ""))
     data = raw.setdefault("data", {})
-    if isinstance(data, dict) and not data.get("path"):
-        data["path"] = str(zoo / "task.jsonl")
+    if not isinstance(data, dict):
+        return
+    path = data.get("path") or f"{ZOO_DATA}task"
+    if isinstance(path, str) and path.startswith(ZOO_DATA):
+        task = path[len(ZOO_DATA):]
+        if task not in ZOO_TASKS:
+            raise ConfigError(f"data.path={path!r}: the zoo has {[ZOO_DATA + t for t in ZOO_TASKS]}")
+        data["path"] = str(zoo / ZOO_TASKS[task])
+        if task == "aspects" and "schema" not in data:
+            from lensray.zoo import ASPECT_SCHEMA
+
+            data["schema"] = dataclasses.asdict(ASPECT_SCHEMA)
 
 
 def load_config(path: str | Path) -> SelectConfig:

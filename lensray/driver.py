@@ -95,18 +95,18 @@ def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
 
 
 def candidate_rows(cfg: SelectConfig) -> dict[str, str]:
-    """Candidate name -> what its probe loads (a curves row for replay, the model for hf)."""
+    """Candidate name -> its model (the curves row for replay, the model's name for hf)."""
     if cfg.backend == "replay":
         from lensray.replay import replay_rows
 
         return replay_rows(cfg)
-    return {m.name: m.path or m.name for m in cfg.pool.models}
+    return {c.name: c.model.name for c in cfg.candidates()}
 
 
 class _Progress:
     """A Tune callback printing every new scheduler decision as one line (stderr)."""
 
-    def __new__(cls, scheduler: CurveFitScheduler, total: int):
+    def __new__(cls, scheduler: CurveFitScheduler, total: int, quantity: str):
         from ray.tune import Callback
 
         class Progress(Callback):
@@ -122,7 +122,7 @@ class _Progress:
                     pred = f" -> {d['predicted']:.4g} [{d['interval'][0]:.4g}, {d['interval'][1]:.4g}]" if "predicted" in d else ""
                     print(
                         f"[{time.time() - self.t0:7.1f}s {done}/{total} done] {d['candidate']} D={d['size']} "
-                        f"loss={loss:.4g}{pred} {d['decision']}: {d['reason']}",
+                        f"{quantity}={loss:.4g}{pred} {d['decision']}: {d['reason']}",
                         file=sys.stderr, flush=True,
                     )
 
@@ -217,7 +217,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
                 storage_path=cfg.output,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-                callbacks=([_Mirror(storage)] if storage.remote else []) + ([] if quiet else [_Progress(scheduler, len(rows))]),
+                callbacks=([_Mirror(storage)] if storage.remote else []) + ([] if quiet else [_Progress(scheduler, len(rows), cfg.ranked_by())]),
             ),
         )
         # lensray prints its own progress and one line per failed probe (stderr); Tune's console

@@ -3,8 +3,10 @@
 One Probe is one Ray Tune trial. For each subset size D_1 < D_2 < ... it fine-tunes the
 candidate from its *pretrained* weights (reloaded for every size) inside a Ray Train V2
 `TorchTrainer` running DeepSpeed (ZeRO 0-2, fp32 or bf16, full fine-tuning or LoRA), measures
-the mean response-token cross-entropy on the fixed held-out set, and reports one Observation:
-candidate, size, loss, training tokens, FLOPs (6 x parameters x tokens) and wall seconds. The
+the mean response-token cross-entropy on the fixed held-out set (with `metric="task"`: the error
+of greedy responses to the held-out prompts, scored under the data's sample design), and
+reports one Observation: candidate, size, loss (or error), training tokens, FLOPs
+(6 x parameters x tokens) and wall seconds. The
 LensLLM NTK term (lensray.ntk) of the pretrained model goes in `Observation.extra`, with the
 zero-shot loss, the optimizer steps, the weight change and the throughput.
 
@@ -62,6 +64,7 @@ from lensray.ntk import NTKStats, ntk_term
 from lensray.observation import Observation
 
 PRECISIONS = ("fp32", "bf16")
+METRICS = ("loss", "task")
 DEVICES = ("auto", "cpu", "cuda")
 ZERO_STAGES = (0, 1, 2)
 
@@ -152,7 +155,16 @@ class ProbeConfig:
     device: str = "auto"
     """auto (GPU when the Ray cluster has one), cpu (gloo) or cuda (NCCL, one GPU per worker)."""
     eval_batch: int = 32
-    """Examples per evaluation batch."""
+    """Examples per evaluation batch (loss and generation)."""
+    metric: str = "loss"
+    """What a probe reports as its Observation's `loss`, the quantity fitted and ranked: `loss`
+    (held-out response-token cross-entropy) or `task`: greedy responses to the held-out prompts,
+    parsed and scored under the data's sample design (lensray.design), reporting the error
+    1 - accuracy (smoothed, `TaskScore.smoothed_error`), with the accuracy, F1, format error
+    rate and cross-entropy in `extra`. Loss is not comparable across sample designs (their
+    targets differ); the task error is."""
+    max_new_tokens: int = 64
+    """metric=task: longest response generated (also capped by the model's context)."""
     ntk_examples: int = 8
     """Training examples the NTK term is measured on (0 = skip the NTK term)."""
     diverge_factor: float = 10.0
@@ -181,7 +193,9 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.precision={self.precision!r}: use one of {list(PRECISIONS)}")
         if self.device not in DEVICES:
             raise ValueError(f"ProbeConfig.device={self.device!r}: use one of {list(DEVICES)}")
-        for name in ("micro_batch", "grad_accum", "num_workers", "eval_batch", "lora_r", "epochs"):
+        if self.metric not in METRICS:
+            raise ValueError(f"ProbeConfig.metric={self.metric!r}: use one of {list(METRICS)}")
+        for name in ("micro_batch", "grad_accum", "num_workers", "eval_batch", "lora_r", "epochs", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name}={getattr(self, name)}: must be at least 1")
         for name in ("max_steps", "ntk_examples", "weight_decay", "grad_clip", "max_rss_gb", "lora_dropout", "max_failures"):
@@ -387,6 +401,9 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
         "use_gpu": use_gpu,
         "data_counts": {"n_truncated": data.n_truncated, "n_dropped": data.n_dropped},
     }
+    if cfg.metric == "task":
+        loop_config["eval_prompts"] = list(data.eval["prompt_ids"])
+        loop_config["eval_references"] = list(data.eval["reference"])
     result = _fit(spec, loop_config, use_gpu)
     payload = result.return_value or {}
     observations = [_observation(d) for d in payload.get("observations", [])]
@@ -484,6 +501,59 @@ def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
+def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device) -> list[list[int]]:
+    """Greedy responses (token ids up to the end token) to prompts[rank::world]. Prompts of one
+    length are batched together, so no padding enters the model (left padding is handled
+    differently, or not at all, by different architectures)."""
+    mine = prompts[rank::world]
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(mine):
+        by_length.setdefault(len(p), []).append(i)
+    out: list[list[int]] = [[] for _ in mine]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for n, rows in by_length.items():
+            new = min(cfg.max_new_tokens, context - n) if context else cfg.max_new_tokens
+            for j in range(0, len(rows), cfg.eval_batch) if new > 0 else ():
+                chunk = rows[j : j + cfg.eval_batch]
+                ids = torch.tensor([mine[i] for i in chunk], dtype=torch.long, device=device)
+                gen = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                    eos_token_id=eos_id, pad_token_id=pad_id,
+                )
+                for i, row in zip(chunk, gen[:, n:].tolist()):
+                    out[i] = row[: row.index(eos_id)] if eos_id in row else row
+    model.train(was_training)
+    return out
+
+
+def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, rank, world, torch, device) -> dict[str, Any]:
+    """metric=task: every rank generates for its share of the held-out prompts; the outputs are
+    gathered and scored against the references under the data's design (lensray.data)."""
+    import torch.distributed as dist
+
+    from lensray.data import score_outputs
+
+    prompts = config["eval_prompts"]
+    mine = _generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch, device)
+    shares = [mine]
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, mine)
+    outputs = [""] * len(prompts)
+    for r, share in enumerate(shares):  # rank r generated prompts[r::world]
+        for k, ids in enumerate(share):
+            outputs[r + k * world] = tokenizer.decode(ids, skip_special_tokens=True)
+    result = score_outputs(outputs, config["eval_references"], spec.data.sample_design, spec.data.schema)
+    return {
+        "metric": "task", "error": result.error, "error_smoothed": result.smoothed_error,
+        "accuracy": result.accuracy, "f1": result.f1, "format_error_rate": result.format_error_rate,
+        "scored": result.n, "sample_output": outputs[0],
+    }
+
+
 def _load_model(spec: ProbeSpec, torch):
     from transformers import AutoModelForCausalLM
 
@@ -529,6 +599,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     pad_id = config["pad_id"]
+    tokenizer = load_tokenizer(spec) if cfg.metric == "task" else None
     train_rows = [tuple(r) for r in config["train_rows"]]
     eval_rows = [tuple(r) for r in config["eval_rows"]]
     global_batch = cfg.micro_batch * world
@@ -606,12 +677,16 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         if not math.isfinite(loss):
             error = f"diverged at size {size}: held-out loss is {loss}; lower ProbeConfig.lr={cfg.lr:g}"
             break
+        task: dict[str, Any] = {}
+        if cfg.metric == "task":
+            task = _task_metric(engine.module, spec, config, tokenizer, rank, world, torch, device)
         tokens = agree(tokens, dist.ReduceOp.SUM)
         delta = math.sqrt(sum(float((p.detach() - before[n]).float().pow(2).sum()) for n, p in trainable))
         extra: dict[str, Any] = {
             "steps": steps,
             "lr": cfg.lr,
             "zero_shot_loss": zero_shot,
+            "eval_loss": loss,
             "train_loss_first": first_loss,
             "train_loss_last": mean_loss,
             "weight_delta": delta,
@@ -625,6 +700,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             "lora": cfg.lora,
             "restarts": restarts,
             **config["data_counts"],
+            **task,
         }
         if ntk is not None:
             f, log_f = ntk_term(ntk, cfg.lr, steps)
@@ -634,7 +710,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
                 "ntk_t": steps, "ntk_eta": cfg.lr, "ntk_examples": len(ntk.theta),
             }
         obs = {
-            "candidate": spec.candidate, "size": size, "loss": loss, "tokens": int(tokens),
+            "candidate": spec.candidate, "size": size, "loss": task.get("error_smoothed", loss), "tokens": int(tokens),
             "flops": 6.0 * n_params * tokens, "wall_s": time.perf_counter() - start, "extra": extra,
         }
         observations.append(obs)

@@ -3,11 +3,14 @@
 `selection.json` (for programs)::
 
     {"selected": name | null,            best finished candidate by predicted quantity at T
-     "ranked_by": "loss",                the quantity ranked (held-out loss, or 1 - metric)
+     "ranked_by": "loss" | "error",      the quantity ranked (RANKED_BY): held-out loss, or the
+                                         task error 1 - accuracy (probe.metric: task)
      "target": T, "budget": B, "sizes": [D_1, ...],
-     "ranking": [{"candidate", "model", "predicted_loss", "interval": [lo, hi],
+     "ranking": [{"candidate", "model", "design", "predicted_loss", "interval": [lo, hi],
                   "status": "finished" | "stopped early" | "failed", "reason",
                   "sizes": [...], "losses": [...]}, ...],     finished, then stopped, then failed
+                 (design: the sample design's name, null without one; predicted_loss and
+                  losses are of the ranked quantity)
      "cost": {"flops_spent", "flops_all_probes", "flops_full",
               "fraction_of_all_probes", "fraction_of_full"},
      "decisions": n, "wall_s": s, "scheduler_s": s}   scheduler_s: time in its decisions
@@ -34,6 +37,12 @@ from lensray.observation import Observation
 from lensray.scheduler import FAILED, FINISHED, STOPPED, SweepState
 
 _ORDER = {FINISHED: 0, STOPPED: 1, FAILED: 2}
+RANKED_BY = {
+    "loss": "held-out loss (response-token cross-entropy)",
+    "error": "task error: 1 - accuracy of greedy responses to the held-out prompts, parsed under each "
+             "candidate's sample design (smoothed: (wrong + 1/2) / (judgements + 1))",
+}
+"""What each value of selection.json's `ranked_by` means."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ def build_selection(
     sizes = cfg.plan.resolved_sizes()
     obs = {c: state.observations.get(c, []) for c in rows}
     fits = final_fits(cfg, obs)
+    designs = {c.name: c.design or cfg.data.design for c in cfg.candidates()} if cfg.backend == "hf" else {}
     entries = []
     for c, model in rows.items():
         status, reason = state.status.get(c, ("", ""))
@@ -96,6 +106,7 @@ def build_selection(
         entries.append({
             "candidate": c,
             "model": model,
+            "design": designs.get(c) or None,
             "predicted_loss": _num(pred),
             "interval": [_num(f.interval[0]), _num(f.interval[1])] if f else [None, None],
             "status": status,
@@ -110,7 +121,7 @@ def build_selection(
     cost["fraction_of_full"] = cost["flops_spent"] / cost["flops_full"] if cost["flops_full"] else None
     doc = {
         "selected": selected,
-        "ranked_by": "loss",
+        "ranked_by": cfg.ranked_by(),
         "target": cfg.plan.target,
         "budget": cfg.plan.budget,
         "sizes": sizes,
@@ -163,6 +174,8 @@ def _markdown(selection: Selection) -> str:
         "",
         f"**Selected: {d['selected'] or 'none (no candidate finished)'}** - lowest predicted {d['ranked_by']} "
         f"at T = {d['target']:,} examples, from probes on {', '.join(f'{s:,}' for s in d['sizes'])} examples.",
+        "",
+        f"Ranked by {RANKED_BY[d['ranked_by']]}.",
         "",
         "| rank | candidate | predicted at T | interval | status | reason |",
         "| --- | --- | --- | --- | --- | --- |",

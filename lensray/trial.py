@@ -1,8 +1,9 @@
 """The Tune trial: one Probe of one Candidate, reporting an Observation per subset size.
 
 Runs in a Ray worker. `config` is {"candidate": name}; `job` (shipped once through the object
-store with `tune.with_parameters`) holds the SelectConfig, what each
-candidate's probe loads ("rows") and the sizes an interrupted run already observed ("skip").
+store with `tune.with_parameters`) holds the SelectConfig (an hf probe takes its Candidate's
+model and design from it), each candidate's curves row ("rows", replay) and the sizes an
+interrupted run already observed ("skip").
 
 Failures: a probe that fails on its own (a ProbeError: bad data, divergence, out of memory, a
 model that cannot load) reports {"candidate", FAILED_KEY: reason} and ends, so the scheduler
@@ -34,7 +35,7 @@ def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
     skip = set(job["skip"].get(candidate, ())) | _sizes_done(tune.get_checkpoint())
     if cfg.backend == "hf":
         try:
-            _hf(cfg, candidate, job["rows"][candidate], skip, tune.get_context().get_trial_id())
+            _hf(cfg, candidate, skip, tune.get_context().get_trial_id())
         except ProbeError as e:
             tune.report({"candidate": candidate, FAILED_KEY: e.reason})
         return
@@ -47,7 +48,7 @@ def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
             tune.report(obs.to_dict(), checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _hf(cfg, candidate: str, model: str, skip: set[int], trial_id: str) -> None:
+def _hf(cfg, name: str, skip: set[int], trial_id: str) -> None:
     """Fine-tune the remaining sizes in one TorchTrainer run; each size reaches Tune as it is
     done (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes."""
     from dataclasses import replace
@@ -59,17 +60,18 @@ def _hf(cfg, candidate: str, model: str, skip: set[int], trial_id: str) -> None:
     if not sizes:
         return
     r = cfg.resources
+    candidate = cfg.candidate(name)
     spec = ProbeSpec(
-        candidate=candidate,
-        model=model,
-        data=replace(cfg.data, sizes=sizes, seed=cfg.seed),
+        candidate=name,
+        model=candidate.model.path or candidate.model.name,
+        data=replace(cfg.candidate_data(candidate), sizes=sizes, seed=cfg.seed),
         probe=replace(
             cfg.probe, num_workers=r.workers, cpus_per_worker=r.cpus_per_worker,
             device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
             storage_path=experiment_storage(cfg).uri("train"),
-            run_name=f"probe-{candidate}-{trial_id}", max_failures=r.max_failures,
+            run_name=f"probe-{name}-{trial_id}", max_failures=r.max_failures,
         ),
-        trust_remote_code=next((m.trust_remote_code for m in cfg.pool.models if m.name == candidate), False),
+        trust_remote_code=candidate.model.trust_remote_code,
     )
     run_probe(spec)
 
