@@ -174,6 +174,33 @@ def _copy_model(zoo_manifest, tmp_path: Path, drop: tuple[str, ...]) -> Path:
     return dest
 
 
+def test_remote_code_runs_only_for_a_candidate_that_opts_in(zoo_manifest, tmp_path, monkeypatch):
+    """A model folder whose config names its own Python code (auto_map): without
+    trust_remote_code the probe loads it with transformers' own classes and the code never
+    runs; for a candidate that opts in, it runs."""
+    import torch
+
+    from lensray.probe import _load_model
+
+    path = _copy_model(zoo_manifest, tmp_path, drop=())
+    marker = tmp_path / "remote-code-ran"
+    monkeypatch.setenv("LENSRAY_TEST_MARKER", str(marker))
+    (path / "custom_config.py").write_text(
+        "import os\nfrom pathlib import Path\nfrom transformers import GPTNeoXConfig\n"
+        "Path(os.environ['LENSRAY_TEST_MARKER']).write_text('ran')\n\n"
+        "class CustomConfig(GPTNeoXConfig):\n    pass\n"
+    )
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "custom_config.CustomConfig"}}))
+    spec = make_spec(zoo_manifest, tmp_path, model=str(path))
+    assert spec.trust_remote_code is False  # the default
+    load_tokenizer(spec)
+    _load_model(spec, torch)
+    assert not marker.exists()
+    load_tokenizer(ProbeSpec(candidate=spec.candidate, model=spec.model, data=spec.data, trust_remote_code=True))
+    assert marker.read_text() == "ran"
+
+
 def test_tokenizer_without_pad_uses_eos(zoo_manifest, tmp_path):
     path = _copy_model(zoo_manifest, tmp_path, drop=("pad_token",))
     tok = load_tokenizer(make_spec(zoo_manifest, tmp_path, model=str(path)))

@@ -188,3 +188,27 @@ def test_plan_sizes_must_be_in_the_curves(tmp_path):
 def test_yaml_paths_are_relative_to_the_config(tmp_path):
     (tmp_path / "c.yaml").write_text("backend: replay\nreplay: {curves: data/x.csv}\n")
     assert load_config(tmp_path / "c.yaml").replay.curves == str(tmp_path / "data" / "x.csv")
+
+
+def test_the_local_default_ray_serves_its_dashboard_and_job_server_on_loopback_only(tmp_path):
+    """`lensray select` without a cluster starts a local Ray whose dashboard (which is also the
+    Jobs API's server) accepts connections on 127.0.0.1 and refuses them on every other address."""
+    import socket
+
+    import ray
+
+    from lensray.driver import init_ray
+
+    ray.shutdown()
+    init_ray(replay_cfg(tmp_path))
+    host, port = ray._private.worker._global_node.address_info["webui_url"].rsplit(":", 1)
+    assert host == "127.0.0.1"
+    socket.create_connection((host, int(port)), timeout=5).close()
+    import psutil
+
+    others = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+              if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    assert others, "this machine has no address but loopback to test from"
+    for address in others:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((address, int(port)), timeout=5)
