@@ -6,9 +6,9 @@ candidate from its *pretrained* weights (reloaded for every size) inside a Ray T
 the mean response-token cross-entropy on the fixed held-out set (with `metric="task"`: the error
 of greedy responses to the held-out prompts, scored under the data's sample design), and
 reports one Observation: candidate, size, loss (or error), training tokens, FLOPs
-(6 x parameters x tokens) and wall seconds. The
-LensLLM NTK term (lensray.ntk) of the pretrained model goes in `Observation.extra`, with the
-zero-shot loss, the optimizer steps, the weight change and the throughput.
+(6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.ntk) of the
+pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps, the
+weight change, the throughput and, with `metric="task"`, the accuracy, F1 and format error rate.
 
 Use it::
 
