@@ -6,7 +6,8 @@ Runs the same sweep as `lensray select` with one planned size, the target T, and
 stopping (in `<output>/<name>-verify/`, resumable), then scores the selection made by the select
 run of that CONFIG::
 
-    relacc        = 100 * (L_worst - L_selected) / (L_worst - L_best),   L = loss at T
+    relacc        = 100 * (L_worst - L_selected) / (L_worst - L_best),   L = the ranked quantity
+                    at T (the loss, or the task error with probe.metric task)
     pearcorr      = 100 * Pearson(predicted loss, L) over the candidates with a prediction
     cost_fraction = FLOPs the select run spent / FLOPs of fine-tuning every candidate at T
 """
