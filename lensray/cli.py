@@ -176,13 +176,10 @@ def _load(args: argparse.Namespace):
     """The config named on the command line (default: the packaged demo), with --out applied."""
     from dataclasses import replace
 
-    from lensray.config import DEMO_CONFIG, check_output, load_config
-    from lensray.storage import resolve_output
+    from lensray.config import DEMO_CONFIG, load_config, output_location
 
     cfg = load_config(args.config or DEMO_CONFIG)
-    if args.out:
-        check_output(args.out)
-    return replace(cfg, output=resolve_output(args.out)) if args.out else cfg
+    return replace(cfg, output=output_location(args.out)) if args.out else cfg
 
 
 def _bench_probe(args: argparse.Namespace) -> int:

@@ -374,6 +374,12 @@ def _pool_entries(raw: dict) -> None:
         data["design"] = names[0]
 
 
+def output_location(output: str) -> str:
+    """A checked output (`check_output`): a URI as given, a path made absolute."""
+    check_output(output)
+    return resolve_output(output)
+
+
 def check_output(output: str) -> None:
     """An output path, or a storage URI pyarrow can open (lensray.storage), else ConfigError."""
     try:
@@ -403,8 +409,7 @@ def config_from_dict(raw: dict, base_dir: Path | None = None) -> SelectConfig:
             if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] and not sec[key].startswith(ZOO_DATA):
                 sec[key] = str((base_dir / sec[key]).resolve()) if not Path(sec[key]).is_absolute() else sec[key]
     if isinstance(raw.get("output"), str) and raw["output"]:  # relative to where lensray runs
-        check_output(raw["output"])
-        raw["output"] = resolve_output(raw["output"])
+        raw["output"] = output_location(raw["output"])
     if isinstance(raw.get("zoo"), str) and raw["zoo"]:
         raw["zoo"] = str((Path.cwd() / raw["zoo"]).resolve())
     if raw.get("zoo"):

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from lensray.config import FILE_FIELDS, ConfigError, check_output, load_config
+from lensray.storage import is_uri
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -68,7 +69,7 @@ def plan_submission(config: str | None, out: str | None, resume: bool, cpus: flo
         working_dir, cmd = str(path.resolve().parent), ["lensray", "select", path.name]
     output = out or str(raw.get("output", "out"))
     check_output(output)
-    if "://" not in output and not PurePosixPath(output).is_absolute():
+    if not is_uri(output) and not PurePosixPath(output).is_absolute():
         raise ConfigError(
             f"output {output!r} is relative: a submitted job would write it into its temporary working "
             "directory on the head node, where it is lost; pass --out with an absolute path on storage the "

@@ -40,8 +40,10 @@ that died (after `max_failures` restarts). Inside Tune the trial records the rea
 Restarts: after each size rank 0 reports a tiny checkpoint (the Observations finished so far,
 PROGRESS_FILE). When Ray Train restarts a worker group that died (`max_failures`), or a run is
 started again under the same `run_name` and storage, the workers resume after the last
-finished size; `extra["restarts"]` counts the restarts a size's result came after. Examples longer than the context never fail a
-probe: they are truncated or dropped by lensray.data and counted in `extra`.
+finished size; `extra["restarts"]` counts the restarts a size's result came after.
+
+Examples longer than the context never fail a probe: they are truncated or dropped by
+lensray.data and counted in `extra`.
 
 Distributed: gloo on CPU and NCCL on GPU, chosen from whether the Ray cluster has GPUs
 (`device="auto"`); 1 or more workers per probe. torch, transformers, deepspeed, peft and ray

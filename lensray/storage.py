@@ -38,9 +38,14 @@ class StorageError(ValueError):
     """The storage cannot be used; the message names `output` and the fix."""
 
 
+def is_uri(output: str) -> bool:
+    """True for a storage URI (`scheme://...`), False for a path."""
+    return "://" in output
+
+
 def check_output(output: str) -> None:
     """A URI output must use a scheme pyarrow knows; a path is always accepted."""
-    if "://" not in output:
+    if not is_uri(output):
         return
     scheme = urlsplit(output).scheme
     if scheme not in SCHEMES:
@@ -54,7 +59,7 @@ def check_output(output: str) -> None:
 
 def resolve_output(output: str) -> str:
     """A URI as given; a path made absolute (against the working folder)."""
-    return output if "://" in output else str(Path(output).expanduser().resolve())
+    return output if is_uri(output) else str(Path(output).expanduser().resolve())
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class Storage:
     @property
     def remote(self) -> bool:
         """True when `output` is a URI (lensray's files are then mirrored to it)."""
-        return "://" in self.output
+        return is_uri(self.output)
 
     def uri(self, *parts: str) -> str:
         """`output/name/parts...` as a path or a URI (with the URI's query kept at its end)."""
