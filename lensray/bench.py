@@ -8,7 +8,9 @@ every method of `predict.METHODS` is scored by (Lin et al. 2024's protocol):
     PearCorr = 100 * Pearson(score, true loss at T)
     RelAcc   = 100 * (L_worst - L_selected) / (L_worst - L_best),  L = true loss at T
 
-and the time of one candidate's fit (what the scheduler runs after every report) is measured.
+and, for the methods that fit curves, the coverage of their intervals: the share of candidates
+whose true loss at T lies inside the interval the fit gives at the configured level (0.9). The
+time of one candidate's fit (what the scheduler runs after every report) is measured too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lensray.curves import Curves, CurveError, packaged_curves, read_curves
+from lensray.fit import FitConfig
 from lensray.predict import METHODS, Prediction, predict
 
 GAMMAS = (8, 16, 32, 64, 128, 256, 512)
@@ -45,6 +48,9 @@ class CurvesBench:
     """Result of `bench_curves`: scores[dataset][method][gamma] and the timing figures."""
 
     scores: dict[str, dict[str, dict[str, dict[str, float | None]]]]
+    coverage: dict[str, dict[str, dict[str, float]]]
+    """coverage[dataset][method][gamma]: share of candidates whose true loss at T lies in their
+    fit's interval (methods that fit curves only)."""
     wall_s: float
     fit_ms_median: dict[str, float]
 
@@ -73,6 +79,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
     methods = methods or list(METHODS)
     start = time.perf_counter()
     scores: dict = {}
+    coverage: dict = {}
     per_fit: dict[str, list[float]] = {m: [] for m in methods}
     for path in paths:
         curves = read_curves(path)
@@ -81,6 +88,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
         truth = curves.losses[:, -1]
         target = int(curves.sizes[-1])
         scores[curves.name] = {m: {} for m in methods}
+        coverage[curves.name] = {}
         for label, budget in budgets(curves):
             seen = curves.upto(budget)
             for m in methods:
@@ -91,8 +99,11 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
                     "pearcorr": _round(pearcorr(pred.scores, truth)),
                     "relacc": _round(relacc(pred.selected, truth)),
                 }
+                if pred.fits:
+                    inside = [f.interval[0] <= t <= f.interval[1] for f, t in zip(pred.fits, truth)]
+                    coverage[curves.name].setdefault(m, {})[label] = float(np.mean(inside))
     wall = time.perf_counter() - start
-    return CurvesBench(scores, wall, {m: 1e3 * statistics.median(v) for m, v in per_fit.items()})
+    return CurvesBench(scores, coverage, wall, {m: 1e3 * statistics.median(v) for m, v in per_fit.items()})
 
 
 def time_one_fit(method: str, repeats: int = 50) -> float:
@@ -125,6 +136,20 @@ def format_table(result: CurvesBench) -> str:
     return "\n".join(lines)
 
 
+def format_coverage(result: CurvesBench, level: float) -> str:
+    """The intervals' coverage as one text table per data set, in percent."""
+    lines = []
+    for ds, by_method in result.coverage.items():
+        if not by_method:
+            continue
+        labels = list(next(iter(by_method.values())))
+        lines.append(f"\n{ds}: coverage of the {level:.0%} intervals at T (% of candidates whose true loss is inside)")
+        lines.append(f"{'method':<13}" + "".join(f"{lab:>8}" for lab in labels))
+        for m, cells in by_method.items():
+            lines.append(f"{m:<13}" + "".join(f"{100 * v:>8.0f}" for v in cells.values()))
+    return "\n".join(lines)
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
@@ -134,6 +159,7 @@ def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
     paths = [Path(p) for p in data] if data else packaged_curves()
     result = bench_curves(paths)
     print(format_table(result))
+    print(format_coverage(result, FitConfig().level))
     one_fit = {m: time_one_fit(m) for m in ("lensray", "LensLLM", "RectifiedFit")}
     print("\nspeed")
     print(f"  whole bench, {len(paths)} data set(s): {result.wall_s:.2f} s")

@@ -56,6 +56,16 @@ def test_default_predictor_correlates_better_than_ats_on_average(bench):
     assert np.mean(gains) > 0
 
 
+def test_coverage_counts_true_losses_inside_the_intervals(bench):
+    curves = read_curves(packaged_curves()[1])
+    truth, target = curves.losses[:, -1], int(curves.sizes[-1])
+    assert set(bench.coverage[curves.name]) == {"VanillaFit", "RectifiedFit", "LensLLM", "lensray"}
+    for gamma in GAMMAS:
+        fits = predict("lensray", curves.upto(target // gamma), target).fits
+        inside = sum(lo <= t <= hi for (lo, hi), t in zip((f.interval for f in fits), truth))
+        assert bench.coverage[curves.name]["lensray"][f"1/{gamma}"] == inside / len(fits)
+
+
 def test_methods_only_look_up_to_the_budget():
     curves = read_curves(packaged_curves()[0])
     seen = curves.upto(3200)
