@@ -94,6 +94,18 @@ def max_concurrent(cfg: SelectConfig, n_candidates: int) -> int:
     return max(1, min(fit, n_candidates))
 
 
+def live_trial_cap(cfg: SelectConfig, n_candidates: int) -> int | None:
+    """Tune's cap on live trials (`max_concurrent_trials`; paused trials count), or None.
+
+    An hf trial only drives a TorchTrainer whose workers reserve their own resources, so
+    without a cap Tune would start more trials than their workers have room for and they would
+    starve each other; synchronous rungs then run in cohorts of `max_concurrent` probes. A
+    replay trial reserves its probe's resources itself, so Ray already bounds how many run, and
+    with no cap every candidate is alive at once and each rung spans the whole pool."""
+    cap = max_concurrent(cfg, n_candidates)  # also refuses a probe that fits nowhere
+    return cap if cfg.backend == "hf" or cfg.resources.max_concurrent else None
+
+
 def candidate_rows(cfg: SelectConfig) -> dict[str, str]:
     """Candidate name -> its model (the curves row for replay, the model's name for hf)."""
     if cfg.backend == "replay":
@@ -208,7 +220,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
             param_space={"candidate": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
                 scheduler=scheduler,
-                max_concurrent_trials=max_concurrent(cfg, len(todo)),
+                max_concurrent_trials=live_trial_cap(cfg, len(todo)),
                 reuse_actors=cfg.backend == "replay",
                 trial_dirname_creator=lambda t: f"probe-{t.trial_id}",
             ),

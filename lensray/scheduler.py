@@ -18,8 +18,11 @@ tiny checkpoint of the sizes it has done, so a resumed probe continues with the 
 every live candidate has reached that size, all of them are refitted and then judged, once, with
 the whole rung's fits; the losers are stopped, the rest resumed. Without this, the first probes
 to start run to the budget before any rival has a fit to be compared with, and a probe judged
-early is compared with only part of the rung. The idea is that of successive halving / ASHA (Li et al., MLSys 2020), with
-the rung comparison replaced by scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
+early is compared with only part of the rung. "Live" means alive in Tune: when Tune caps the
+live trials (hf probes, `driver.live_trial_cap`), a rung is that cohort's, and later cohorts
+are judged against every fit recorded before them. The idea is that of successive halving /
+ASHA (Li et al., MLSys 2020), with the rung comparison replaced by scaling-law extrapolation
+(Lin et al. 2024; Zeng et al. 2025).
 
 Progress is measured by the subset size, not `training_iteration` (which restarts on resume).
 Tune does not restore a scheduler on `Tuner.restore`, so every observation and decision is also
