@@ -11,13 +11,14 @@ A >= 0, 0 <= E <= min loss enforced by clipping) and the residual sum of squares
     SSR(beta, D*) = sum_n ( log L(D_n; A^, E^, beta, D*) - log y_n )^2
 
 gives a likelihood exp(-SSR / 2 sigma^2) (sigma: log-space noise per point, pooled over the
-candidates fitted together, never below `noise_floor`). With a flat prior on beta and on log D*
-(between 1 and the target T, "the power phase starts somewhere before the target"), the posterior
-over the grid yields the predicted log-loss at T (posterior mean) and its interval (posterior
-quantiles). The grid is global, so there are no local minima and no starting points to tune;
-nothing is delegated to an iterative optimiser that could fail to converge. For the LensLLM law
-beta is shared by all candidates: its posterior is the product of the candidates' marginal
-likelihoods. When a measured NTK term F is given for a candidate, D_l = F pins log D* = log F/beta.
+candidates fitted together as in `fit_local` below, never below `noise_floor`). With a flat
+prior on beta and on log D* (between 1 and the target T, "the power phase starts somewhere
+before the target"), the posterior over the grid yields the predicted log-loss at T (posterior
+mean) and its interval (posterior quantiles). The grid is global, so there are no local minima
+and no starting points to tune; nothing is delegated to an iterative optimiser that could fail
+to converge. For the LensLLM law beta is shared by all candidates: its posterior is the product
+of the candidates' marginal likelihoods. When a measured NTK term F is given for a candidate,
+D_l = F pins log D* = log F/beta.
 
 `fit_local` - lensray's default: a power law through the last `window` sizes (the local slope of
 log L against log D at the budget), extrapolated to T::
@@ -33,7 +34,9 @@ sigma^2: log-space noise (residuals of a quadratic in log D); eps: slope error p
 log-distance, measured by a backtest inside the observed range (each curve's last point
 predicted from the window before it), so the interval also carries the extrapolation error.
 Both are pooled over the candidates fitted together by the median, so that a few curves in an
-abrupt transition do not set every candidate's interval.
+abrupt transition do not set every candidate's interval, and scaled to be unbiased for Gaussian
+residuals (`_median_variance`), so that the interval has its stated level when the noise is
+what the pool says it is.
 
 Both return `CurveFit` values; a fit that cannot be trusted has ok=False and a reason.
 """
@@ -41,11 +44,13 @@ Both return `CurveFit` values; a fit that cannot be trusted has ok=False and a r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 from scipy.special import logsumexp
+from scipy.stats import chi2
 
 from lensray.laws import rectified_params, rectified_shape, vanilla_shape
 
@@ -232,7 +237,7 @@ def fit_law(
     ssr, pred, a, e = _profile(log_x, y, h, h_t)
     dof = max(n - p, 1)
     best = ssr.reshape(m, -1).min(1)
-    sigma2 = max(float(np.median(best)) / dof, cfg.noise_floor**2)
+    sigma2 = max(_median_variance(best / dof, dof), cfg.noise_floor**2)
     ll = -ssr / (2.0 * sigma2)
     if law == "lensllm":
         # beta shared by the task: p(beta) = prod_i sum_k L_i(beta, k); then D* per candidate.
@@ -298,7 +303,7 @@ def local_noise(sizes, losses, config: FitConfig | None = None) -> tuple[float, 
     if n >= 4:
         coef = np.polynomial.polynomial.polyfit(log_x, ly.T, 2)  # (3, m)
         resid = ly - np.polynomial.polynomial.polyval(log_x, coef)
-        sigma2 = float(np.median((resid**2).sum(1) / (n - 3)))
+        sigma2 = _median_variance((resid**2).sum(1) / (n - 3), n - 3)
     else:
         sigma2 = 0.0
     sigma2 = max(sigma2, cfg.noise_floor**2)
@@ -313,8 +318,22 @@ def local_noise(sizes, losses, config: FitConfig | None = None) -> tuple[float, 
         d1 = float(log_x[-1] - log_x[-b - 1 : -1].mean())
         r = ly[:, -1] - (ly[:, -b - 1 : -1].mean(1) + sb * d1)
         stat = sigma2 * (1.0 + 1.0 / b + d1**2 / float((ub**2).sum()))
-        eps2 = max(float(np.median(r**2)) - stat, 0.0) / d1**2
+        eps2 = max(_median_variance(r**2, 1) - stat, 0.0) / d1**2
     return sigma2, eps2
+
+
+def _median_variance(mean_squares: np.ndarray, dof: int) -> float:
+    """A variance from per-candidate mean squares of `dof` degrees of freedom, pooled by the
+    median (robust to a few curves in an abrupt transition) and divided by the median of a
+    chi-square over its dof, so that it is unbiased for Gaussian residuals. The plain median
+    of squares is not: for one residual per candidate it is 0.45 times the variance."""
+    return float(np.median(mean_squares)) / _chi2_median_per_dof(dof)
+
+
+@lru_cache(maxsize=None)
+def _chi2_median_per_dof(dof: int) -> float:
+    """median(chi2(dof)) / dof, cached: scipy's quantile costs more than the fit it scales."""
+    return float(chi2.median(dof)) / dof
 
 
 def fit_local(

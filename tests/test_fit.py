@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lensray.fit import FitConfig, fit_law, fit_local
+from lensray.fit import FitConfig, fit_law, fit_local, local_noise
 from lensray.laws import rectified, vanilla
 
 SIZES = 200 * 2.0 ** np.arange(12)  # 200 ... 409600
@@ -93,6 +93,30 @@ def test_interval_level_is_respected():
     wide = fit_local(SIZES, y, TARGET, config=FitConfig(level=0.99))[0]
     narrow = fit_local(SIZES, y, TARGET, config=FitConfig(level=0.5))[0]
     assert wide.interval[0] < narrow.interval[0] < narrow.interval[1] < wide.interval[1]
+
+
+def test_pooled_noise_is_unbiased_for_gaussian_residuals():
+    # The median of per-curve mean squares underestimates the variance (for one residual it is
+    # 0.45 of it); the pooled estimate corrects for that, so the intervals have their level.
+    sizes = SIZES[:8]
+    y = np.exp(np.log(5.0 * sizes**-0.2) + np.random.default_rng(0).normal(0.0, 0.02, (4000, 8)))
+    sigma2, _ = local_noise(sizes, y)
+    assert sigma2 == pytest.approx(0.02**2, rel=0.05)
+
+
+def test_local_interval_covers_the_next_size_at_its_level():
+    # Curves that bend a little (a random quadratic in log D) plus noise: the interval for the
+    # next size, from the first 8, must hold the noise-free loss there about 90% of the time.
+    rng = np.random.default_rng(1)
+    sizes = SIZES[:9]
+    u = np.log(sizes / sizes[0])
+    bend = rng.normal(0.0, 0.02, (4000, 1))
+    clean = np.log(5.0) - 0.2 * u + 0.5 * bend * u**2
+    y = np.exp(clean + rng.normal(0.0, 0.005, clean.shape))
+    fits = fit_local(sizes[:8], y[:, :8], int(sizes[8]), config=FitConfig(level=0.9))
+    truth = np.exp(clean[:, 8])
+    inside = np.mean([f.interval[0] <= t <= f.interval[1] for f, t in zip(fits, truth)])
+    assert inside == pytest.approx(0.9, abs=0.03)
 
 
 @pytest.mark.parametrize("law", ["vanilla", "rectified", "lensllm"])
