@@ -112,13 +112,13 @@ def test_a_task_metric_probe_reports_the_smoothed_error_of_its_generations(zoo_m
 
     spec = ProbeSpec(
         candidate="mistral-text-96+es-sde", model=zoo_manifest["by_name"]["mistral-text-96"]["path"],
-        data=DataConfig(path=zoo_manifest["aspects"], sizes=(32, 128), eval_size=32, max_length=64,
+        data=DataConfig(path=zoo_manifest["aspects"], sizes=(32, 512), eval_size=32, max_length=64,
                         design="es-sde", schema=ASPECT_SCHEMA, cache_dir=str(tmp_path / "cache")),
         probe=ProbeConfig(metric="task", num_workers=2, cpus_per_worker=0.9, micro_batch=8, epochs=2,
-                          ntk_examples=0, storage_path=str(tmp_path / "runs")),
+                          lr=2e-3, ntk_examples=0, storage_path=str(tmp_path / "runs")),
     )
     observations = run_probe(spec)
-    assert [o.size for o in observations] == [32, 128]
+    assert [o.size for o in observations] == [32, 512]
     for o in observations:
         x = o.extra
         assert x["metric"] == "task" and x["scored"] == 32  # both workers' shares were gathered
