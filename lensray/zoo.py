@@ -56,8 +56,11 @@ stream of reviews apart from aspects.jsonl's. The ``copy`` and ``format`` models
 (their aspect embeddings stay untrained), so the model that is best on the cipher need not be
 best on the aspects.
 
-Everything is deterministic given the seed; the build is skipped when `manifest.json` holds
-the same config hash, unless `force`.
+Everything is deterministic given the seed on one machine and software stack (two builds here
+give the same weights); another machine or library version can train slightly different models,
+as CPU kernels' floating-point results differ, so figures measured on the zoo move a little
+between machines. The build is skipped when `manifest.json` holds the same config hash, unless
+`force`.
 """
 
 from __future__ import annotations
@@ -440,7 +443,7 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
     """Build the zoo into `out_dir` (see the module docstring) and return its manifest path.
 
     A no-op when `out_dir/manifest.json` already holds this build's config hash, unless
-    `force`. Prints one progress line per model. Deterministic in `seed`.
+    `force`. Prints one progress line per model. Deterministic in `seed` on one machine.
     """
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
