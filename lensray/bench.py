@@ -1,16 +1,25 @@
-"""Benchmarks that print figures: the predictor on recorded curves, and the speed of one fit.
+"""Benchmarks that print figures: the predictor on recorded curves, replay sweeps, and scale.
 
     lensray bench curves [--data CSV ...] [--json OUT]
 
-For each data set and each budget gamma = B/T in 1/8 ... 1/512 (T = the largest size column),
-every method of `predict.METHODS` is scored by (Lin et al. 2024's protocol):
+For each data set and each budget gamma = B/T in 1/8 ... 1/512 (T = the largest size column, B
+the largest size column <= T/gamma), every method of `predict.METHODS` is scored by (Lin et al.
+2024's protocol):
 
     PearCorr = 100 * Pearson(score, true loss at T)
     RelAcc   = 100 * (L_worst - L_selected) / (L_worst - L_best),  L = true loss at T
 
 and, for the methods that fit curves, the coverage of their intervals: the share of candidates
 whose true loss at T lies inside the interval the fit gives at the configured level (0.9). The
-time of one candidate's fit (what the scheduler runs after every report) is measured too.
+time of one candidate's fit (what the scheduler runs after every report) is measured too. A cell
+a method cannot fill from a file (a missing optional column, too few sizes up to B) is None,
+with the reason in `CurvesBench.notes`.
+
+    lensray bench select [--data CSV ...] [--json OUT]
+
+A real replay sweep through Tune per data set and budget, probing every size column up to B:
+the selection's RelAcc and PearCorr, and its cost against probing every candidate at every one
+of those sizes (AtS's cost) and against fine-tuning every candidate at T.
 """
 
 from __future__ import annotations
@@ -53,21 +62,27 @@ class CurvesBench:
     fit's interval (methods that fit curves only)."""
     wall_s: float
     fit_ms_median: dict[str, float]
+    notes: list[str]
+    """Why a cell is n/a: a budget below every size, or a method's missing column or sizes."""
 
 
-def budgets(curves: Curves) -> list[tuple[str, int]]:
-    """(label, budget) for gamma in GAMMAS, T = the largest size; each must be a size column."""
+def budgets(curves: Curves) -> list[tuple[str, int | None]]:
+    """(label, budget) for gamma in GAMMAS, T = the largest size: the budget is the largest size
+    column <= T/gamma (exactly T/gamma when the sizes double, as in the paper's files), or None
+    when no column is that small (the cell is reported as n/a)."""
     target = int(curves.sizes[-1])
     out = []
     for g in GAMMAS:
-        b = target // g
-        if b * g != target or b not in curves.sizes:
-            raise CurveError(
-                f"{curves.name}: budget T/{g} = {target / g:g} is not one of the size columns "
-                f"{curves.sizes.astype(int).tolist()}; the benchmark needs sizes doubling up to T"
-            )
-        out.append((f"1/{g}", b))
+        within = curves.sizes[curves.sizes <= target / g]
+        out.append((f"1/{g}", int(within[-1]) if within.size else None))
     return out
+
+
+def _budget_note(curves: Curves, label: str) -> str:
+    return (
+        f"{curves.name} {label}: no size column is <= T{label[1:]} = {curves.sizes[-1] / int(label[2:]):g} "
+        f"(smallest size {int(curves.sizes[0])})"
+    )
 
 
 def _round(v: float | None) -> float | None:
@@ -81,6 +96,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
     scores: dict = {}
     coverage: dict = {}
     per_fit: dict[str, list[float]] = {m: [] for m in methods}
+    notes: dict[str, list[str]] = {}  # why a cell is n/a -> the budgets it applies to
     for path in paths:
         curves = read_curves(path)
         if curves.name in scores:
@@ -90,10 +106,18 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
         scores[curves.name] = {m: {} for m in methods}
         coverage[curves.name] = {}
         for label, budget in budgets(curves):
-            seen = curves.upto(budget)
+            if budget is None:
+                notes.setdefault(_budget_note(curves, label), [])
             for m in methods:
+                scores[curves.name][m][label] = {"pearcorr": None, "relacc": None}
+                if budget is None:
+                    continue
                 t0 = time.perf_counter()
-                pred: Prediction = predict(m, seen, target)
+                try:
+                    pred: Prediction = predict(m, curves.upto(budget), target)
+                except CurveError as err:  # the method needs a column or more sizes than this file has
+                    notes.setdefault(str(err), []).append(label)
+                    continue
                 per_fit[m].append((time.perf_counter() - t0) / len(curves.candidates))
                 scores[curves.name][m][label] = {
                     "pearcorr": _round(pearcorr(pred.scores, truth)),
@@ -103,7 +127,10 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
                     inside = [f.interval[0] <= t <= f.interval[1] for f, t in zip(pred.fits, truth)]
                     coverage[curves.name].setdefault(m, {})[label] = float(np.mean(inside))
     wall = time.perf_counter() - start
-    return CurvesBench(scores, coverage, wall, {m: 1e3 * statistics.median(v) for m, v in per_fit.items()})
+    fit_ms = {m: 1e3 * statistics.median(v) for m, v in per_fit.items() if v}
+    return CurvesBench(
+        scores, coverage, wall, fit_ms, [f"{n} [{', '.join(at)}]" if at else n for n, at in notes.items()]
+    )
 
 
 def time_one_fit(method: str, repeats: int = 50) -> float:
@@ -139,14 +166,16 @@ def format_table(result: CurvesBench) -> str:
 def format_coverage(result: CurvesBench, level: float) -> str:
     """The intervals' coverage as one text table per data set, in percent."""
     lines = []
+    labels = [f"1/{g}" for g in GAMMAS]
     for ds, by_method in result.coverage.items():
         if not by_method:
             continue
-        labels = list(next(iter(by_method.values())))
         lines.append(f"\n{ds}: coverage of the {level:.0%} intervals at T (% of candidates whose true loss is inside)")
         lines.append(f"{'method':<13}" + "".join(f"{lab:>8}" for lab in labels))
         for m, cells in by_method.items():
-            lines.append(f"{m:<13}" + "".join(f"{100 * v:>8.0f}" for v in cells.values()))
+            lines.append(f"{m:<13}" + "".join(
+                f"{'n/a' if cells.get(lab) is None else f'{100 * cells[lab]:.0f}':>8}" for lab in labels
+            ))
     return "\n".join(lines)
 
 
@@ -159,6 +188,8 @@ def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
     paths = [Path(p) for p in data] if data else packaged_curves()
     result = bench_curves(paths)
     print(format_table(result))
+    if result.notes:
+        print("\nn/a cells:\n" + "\n".join(f"  {n}" for n in result.notes))
     print(format_coverage(result, FitConfig().level))
     one_fit = {m: time_one_fit(m) for m in ("lensray", "LensLLM", "RectifiedFit")}
     print("\nspeed")
@@ -173,14 +204,17 @@ def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
     return 0
 
 
-def _replay_config(path: Path, budget: int, target: int, out: Path, **overrides):
+def _replay_config(path: Path, curves: Curves, budget: int, out: Path, **overrides):
+    """A replay sweep of `curves` (read from `path`) probing every size column up to `budget`
+    (the sizes AtS is charged for), predicting at the largest column."""
     from lensray.config import config_from_dict
 
+    sizes = [int(s) for s in curves.sizes if s <= budget]
     raw = {
         "name": f"{path.stem}-B{budget}",
         "backend": "replay",
         "replay": {"curves": str(path.resolve()), "sleep_s_per_pflop": overrides.pop("sleep", 0.0)},
-        "plan": {"start": 200, "budget": budget, "target": target},
+        "plan": {"sizes": sizes, "budget": budget, "target": int(curves.sizes[-1])},
         "resources": {"cpus_per_worker": overrides.pop("cpus", 0.25)},
         "output": str(out),
     }
@@ -195,10 +229,14 @@ def bench_select(paths: list[Path], out_dir: Path, sleep_s_per_pflop: float = 1e
     result: dict = {}
     for path in paths:
         curves = read_curves(path)
-        truth, target = curves.losses[:, -1], int(curves.sizes[-1])
+        truth = curves.losses[:, -1]
         result[curves.name] = {}
         for label, budget in budgets(curves):
-            cfg = _replay_config(path, budget, target, out_dir, sleep=sleep_s_per_pflop)
+            if budget is None:
+                result[curves.name][label] = dict.fromkeys(("relacc", "pearcorr", "cost_vs_ats", "cost_vs_full"))
+                print(f"  {_budget_note(curves, label)}: skipped", flush=True)
+                continue
+            cfg = _replay_config(path, curves, budget, out_dir, sleep=sleep_s_per_pflop)
             sel = run_select(cfg, quiet=True)
             index = {c: i for i, c in enumerate(curves.candidates)}
             ranked = [e for e in sel.doc["ranking"] if e["predicted_loss"] is not None]
@@ -243,7 +281,7 @@ def bench_scale(candidates: int, out_dir: Path, synchronous: bool = False) -> di
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = synthetic_curves(candidates, out_dir / f"synthetic-{candidates}.csv")
-    cfg = _replay_config(path, 3200, 1638400, out_dir, cpus=0.125, scheduler={"synchronous": synchronous})
+    cfg = _replay_config(path, read_curves(path), 3200, out_dir, cpus=0.125, scheduler={"synchronous": synchronous})
     sel = run_select(cfg, quiet=True)
     return {
         "candidates": candidates,

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from lensray.bench import GAMMAS
-from lensray.curves import packaged_curves
+from lensray.curves import packaged_curves, read_curves
 from lensray.predict import METHODS
 
 
@@ -42,6 +42,44 @@ def test_bench_curves_runs_on_a_users_own_file(tmp_path):
     run = lensray("bench", "curves", "--data", str(path), "--json", str(out))
     assert run.returncode == 0, run.stderr
     assert json.loads(out.read_text())["mine"]["lensray"]["1/8"]["relacc"] == 100.0
+
+
+def test_bench_curves_marks_what_a_users_file_cannot_give_as_n_a(tmp_path):
+    # No '0' or 'size' column, and sizes that triple from 1000: each budget is the largest size
+    # <= T/gamma, and a cell a method cannot fill is null with its reason, not a failed bench.
+    sizes = [1000 * 3**i for i in range(6)]  # T = 243000
+    rows = [",".join(["config name", *map(str, sizes)])]
+    for i, slope in enumerate((0.05, 0.08, 0.11)):
+        rows.append(",".join([f"m{i}", *(f"{4 * (s / 500) ** -slope:.4f}" for s in sizes)]))
+    path = tmp_path / "tripled.csv"
+    path.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o.json"
+    run = lensray("bench", "curves", "--data", str(path), "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(out.read_text())["tripled"]
+    assert list(doc) == list(METHODS)
+    assert all(list(cells) == [f"1/{g}" for g in GAMMAS] for cells in doc.values())
+    for method in ("ZeroShot", "ModelSize"):
+        assert all(c == {"pearcorr": None, "relacc": None} for c in doc[method].values())
+    # budgets: 27000 (1/8), 9000 (1/16), 3000 (1/32, 1/64), 1000 (1/128), none (1/256, 1/512)
+    assert doc["lensray"]["1/8"]["relacc"] == 100.0 and doc["lensray"]["1/16"]["relacc"] == 100.0
+    assert doc["lensray"]["1/32"]["relacc"] is None  # 2 sizes; the local fit needs 3
+    assert doc["SubTuning"]["1/128"]["relacc"] == 100.0
+    assert all(doc[m]["1/256"] == {"pearcorr": None, "relacc": None} for m in METHODS)
+    assert "column '0'" in run.stdout and "column 'size'" in run.stdout
+    assert "lensray needs at least 3 sizes" in run.stdout
+    assert "no size column is <= T/256" in run.stdout
+
+
+def test_bench_sweeps_probe_the_files_own_sizes(tmp_path):
+    from lensray.bench import _replay_config
+
+    sizes = [400 * 2**i for i in range(5)]
+    path = tmp_path / "from400.csv"
+    path.write_text("config name," + ",".join(map(str, sizes)) + "\na," + ",".join(["3", "2.9", "2.8", "2.7", "2.6"]) + "\n")
+    cfg = _replay_config(path, read_curves(path), 3200, tmp_path)
+    assert cfg.plan.resolved_sizes() == [400, 800, 1600, 3200]
+    assert cfg.plan.target == 6400
 
 
 def test_bad_input_is_one_line_not_a_traceback(tmp_path):
