@@ -252,6 +252,34 @@ def bench_select(paths: list[Path], out_dir: Path, sleep_s_per_pflop: float = 1e
     return result
 
 
+def format_select(result: dict, paths: list[Path]) -> str:
+    """`bench_select`'s result as one table per data set, beside AtS at the same budgets and the
+    issue's targets (RelAcc >= AtS's, cost_vs_ats <= 0.5)."""
+    lines = []
+    for path in paths:
+        curves = read_curves(path)
+        truth, target = curves.losses[:, -1], int(curves.sizes[-1])
+        lines.append(f"\n{curves.name}: replay sweeps against AtS at the same budget")
+        lines.append(f"{'gamma':<7}{'B':>9}{'RelAcc (AtS)':>16}{'PearCorr (AtS)':>18}{'cost_vs_ats':>13}  targets")
+        for label, budget in budgets(curves):
+            cell = result[curves.name][label]
+            if budget is None or cell["relacc"] is None:
+                lines.append(f"{label:<7}{'n/a':>9}")
+                continue
+            ats = predict("AtS", curves.upto(budget), target)
+            ats_relacc, ats_pearcorr = relacc(ats.selected, truth), pearcorr(ats.scores, truth)
+            misses = [m for m, bad in (
+                (f"RelAcc below AtS by {ats_relacc - cell['relacc']:.1f}", cell["relacc"] < round(ats_relacc, 2)),
+                (f"cost over 0.5 by {cell['cost_vs_ats'] - 0.5:.3f}", cell["cost_vs_ats"] > 0.5),
+            ) if bad]
+            lines.append(
+                f"{label:<7}{budget:>9}{_fmt(cell['relacc']):>9} ({_fmt(ats_relacc)})"
+                f"{_fmt(cell['pearcorr']):>11} ({_fmt(ats_pearcorr)}){cell['cost_vs_ats']:>13.3f}  "
+                + ("; ".join(misses) or "met")
+            )
+    return "\n".join(lines)
+
+
 def synthetic_curves(n: int, path: Path, seed: int = 0) -> Path:
     """n candidates with rectified-law curves (random onset, slope, floor, size) as a curves CSV."""
     from lensray.laws import rectified

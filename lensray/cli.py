@@ -163,6 +163,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     if args.bench == "select":
         paths = [Path(p) for p in args.data] if args.data else packaged_curves()
         result = bench.bench_select(paths, out)
+        print(bench.format_select(result, paths))
     else:
         result = bench.bench_scale(args.candidates, out, args.synchronous)
     print(json.dumps(result, indent=1))
