@@ -79,8 +79,10 @@ def budgets(curves: Curves) -> list[tuple[str, int | None]]:
 
 
 def _budget_note(curves: Curves, label: str) -> str:
+    """Why the budget `label` ("1/g") of `curves` is n/a."""
+    gamma = int(label.split("/")[1])
     return (
-        f"{curves.name} {label}: no size column is <= T{label[1:]} = {curves.sizes[-1] / int(label[2:]):g} "
+        f"{curves.name} {label}: no size column is <= T/{gamma} = {curves.sizes[-1] / gamma:g} "
         f"(smallest size {int(curves.sizes[0])})"
     )
 
