@@ -269,14 +269,14 @@ def format_select(result: dict, paths: list[Path]) -> str:
                 lines.append(f"{label:<7}{'n/a':>9}")
                 continue
             ats = predict("AtS", curves.upto(budget), target)
-            ats_relacc, ats_pearcorr = relacc(ats.selected, truth), pearcorr(ats.scores, truth)
+            ats_relacc, ats_pearcorr = _round(relacc(ats.selected, truth)), _round(pearcorr(ats.scores, truth))
             misses = [m for m, bad in (
-                (f"RelAcc below AtS by {ats_relacc - cell['relacc']:.1f}", cell["relacc"] < round(ats_relacc, 2)),
+                (f"RelAcc below AtS by {ats_relacc - cell['relacc']:.2f}", cell["relacc"] < ats_relacc),
                 (f"cost over 0.5 by {cell['cost_vs_ats'] - 0.5:.3f}", cell["cost_vs_ats"] > 0.5),
             ) if bad]
             lines.append(
-                f"{label:<7}{budget:>9}{_fmt(cell['relacc']):>9} ({_fmt(ats_relacc)})"
-                f"{_fmt(cell['pearcorr']):>11} ({_fmt(ats_pearcorr)}){cell['cost_vs_ats']:>13.3f}  "
+                f"{label:<7}{budget:>9}{_fmt(cell['relacc']):>9} ({_fmt(ats_relacc):>5})"
+                f"{_fmt(cell['pearcorr']):>11} ({_fmt(ats_pearcorr):>5}){cell['cost_vs_ats']:>13.3f}  "
                 + ("; ".join(misses) or "met")
             )
     return "\n".join(lines)

@@ -90,7 +90,7 @@ def test_bench_select_table_names_each_missed_target():
     cells["1/8"]["relacc"] = 90.0  # AtS: 93.6 at 1/8
     cells["1/512"].update(relacc=93.2, cost_vs_ats=0.55)  # AtS: 93.2 at 1/512
     rows = {r.split()[0]: r for r in format_select({"flan": cells}, [flan]).splitlines() if r.startswith("1/")}
-    assert rows["1/8"].endswith("RelAcc below AtS by 3.6") and "90.0 (93.6)" in rows["1/8"]
+    assert rows["1/8"].endswith("RelAcc below AtS by 3.60") and "90.0 ( 93.6)" in rows["1/8"]
     assert rows["1/16"].endswith("met")  # 93.6 against AtS's 93.2
     assert rows["1/512"].endswith("cost over 0.5 by 0.050")
 
