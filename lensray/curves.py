@@ -2,7 +2,7 @@
 
 Schema (the one of shared/benchmarks/finetune-curves/, from Lin et al. 2024): one row per
 candidate; a name column (`config name`, else the first column); one column per fine-tuning size
-named by the integer size (`200`, `400`, ...), holding the held-out loss after fine-tuning on that
+named by the integer size (`200`, `400`, ...; `200.0` is read as `200`), holding the held-out loss after fine-tuning on that
 many examples; optional `0` (zero-shot loss), `size` (parameter count) and `family`.
 CSV or Parquet. Every problem is reported with the file, row and column, and how to fix it.
 
@@ -97,6 +97,21 @@ def _number(path: Path, row: int, col: str, text: str, positive: bool) -> float:
     return value
 
 
+def _size_name(path: Path, column: str) -> str:
+    """A size column's name as the integer it is ('200.0', written by tools that keep sizes as
+    floats, reads as '200'); any other column's name unchanged."""
+    try:
+        value = float(column)
+    except ValueError:
+        return column
+    if not math.isfinite(value) or value < 0 or value != int(value):
+        raise CurveError(
+            f"{path}: column {column!r} looks like a size but is not a whole number of examples; "
+            "name size columns by their integer size (e.g. '200')"
+        )
+    return str(int(value))
+
+
 def read_curves(path: str | Path) -> Curves:
     """Read and validate a curves table (CSV or Parquet) of the schema above."""
     path = Path(path)
@@ -105,6 +120,7 @@ def read_curves(path: str | Path) -> Curves:
     header, rows = _read_rows(path)
     if not rows:
         raise CurveError(f"{path}: no data rows; expected one row per candidate")
+    header = [_size_name(path, c) for c in header]
     name_col = header.index("config name") if "config name" in header else 0
     size_cols = [(i, int(c)) for i, c in enumerate(header) if c.isdigit() and int(c) > 0]
     if len(size_cols) < 2:

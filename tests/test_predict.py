@@ -107,6 +107,15 @@ def test_reads_a_user_csv_and_a_parquet(tmp_path):
     np.testing.assert_allclose(p.losses, c.losses)
 
 
+def test_size_columns_written_as_floats_read_as_their_sizes(tmp_path):
+    # pandas writes float column labels as '200.0'; they are the same sizes
+    floats = GOOD.replace("0,200,400,800,1600", "0.0,200.0,400.0,800.0,1600.0")
+    c, ref = read_curves(write(tmp_path, floats, "f.csv")), read_curves(write(tmp_path, GOOD))
+    assert c.sizes.tolist() == [200, 400, 800, 1600]
+    np.testing.assert_allclose(c.losses, ref.losses)
+    np.testing.assert_allclose(c.zero_shot, ref.zero_shot)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -116,6 +125,7 @@ def test_reads_a_user_csv_and_a_parquet(tmp_path):
         ("config name,200,400\na,3,-1\n", "row 2, column '400'.*not positive"),
         ("config name,200,400\na,3,2\na,3,2\n", "unique"),
         ("config name,200,400\n", "no data rows"),
+        ("config name,200,400.5\na,3,2\n", "column '400.5'.*not a whole number"),
     ],
 )
 def test_bad_curves_name_the_problem(tmp_path, text, message):
