@@ -36,7 +36,9 @@ predicted from the window before it), so the interval also carries the extrapola
 Both are pooled over the candidates fitted together by the median, so that a few curves in an
 abrupt transition do not set every candidate's interval, and scaled to be unbiased for Gaussian
 residuals (`_median_variance`), so that the interval has its stated level when the noise is
-what the pool says it is.
+what the pool says it is. With fewer sizes than `window` (but at least 2) the slope is taken
+through the sizes there are, as AtS does with few points, and the fit says it is not reliable:
+there is no backtest to measure its extrapolation error.
 
 Both return `CurveFit` values; a fit that cannot be trusted has ok=False and a reason.
 """
@@ -57,7 +59,9 @@ from lensray.laws import rectified_params, rectified_shape, vanilla_shape
 Law = Literal["vanilla", "rectified", "lensllm"]
 LAWS: tuple[str, ...] = ("vanilla", "rectified", "lensllm")
 # Parameters of each law: a fit needs at least one more point than this to estimate its noise.
-LAW_PARAMS = {"vanilla": 3, "rectified": 4, "lensllm": 4, "local": 2}
+LAW_PARAMS = {"vanilla": 3, "rectified": 4, "lensllm": 4}
+LOCAL_MIN_POINTS = 2
+"""Fewest sizes the local fit extrapolates from (a slope); below `FitConfig.window` it is not ok."""
 
 
 @dataclass(frozen=True)
@@ -352,9 +356,9 @@ def fit_local(
     cfg = config or FitConfig()
     x, y, names = _prepare(sizes, losses, names)
     m, n = y.shape
-    k = cfg.window
-    if n < k:
-        return _failed(names, "local", target, n, f"{n} sizes observed; the local fit needs {k}")
+    if n < LOCAL_MIN_POINTS:
+        return _failed(names, "local", target, n, f"{n} size observed; the local fit needs {LOCAL_MIN_POINTS}")
+    k = min(cfg.window, n)
     sigma2, eps2 = noise if noise is not None else local_noise(x, y, cfg)
     log_x, ly = np.log(x), np.log(y)
     u = log_x[-k:] - log_x[-k:].mean()
@@ -369,7 +373,12 @@ def fit_local(
     fits = []
     for i in range(m):
         ok, reason = True, ""
-        if slope[i] > 2.0 * np.sqrt(sigma2 / s_xx):  # rising by more than its noise
+        if n < cfg.window:
+            ok, reason = False, (
+                f"only {n} sizes: a slope through them, with no backtest of its extrapolation error "
+                f"(fit.window={cfg.window} sizes are needed to trust it)"
+            )
+        elif slope[i] > 2.0 * np.sqrt(sigma2 / s_xx):  # rising by more than its noise
             ok, reason = False, (
                 f"loss rises with data over the last {k} sizes (slope {slope[i]:+.3f} in log-log): "
                 "diverging or over-fitting"

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from lensray.curves import CurveError, Curves
-from lensray.fit import LAW_PARAMS, CurveFit, FitConfig, fit_law, fit_local
+from lensray.fit import LAW_PARAMS, LOCAL_MIN_POINTS, CurveFit, FitConfig, fit_law, fit_local
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _law_method(method: str, law: str) -> Callable[[Curves, int, FitConfig], Pre
 
 
 def _lensray(c: Curves, target: int, cfg: FitConfig) -> Prediction:
-    return _from_fits("lensray", c, fit_local(c.sizes, c.losses, target, c.candidates, cfg), cfg.window)
+    return _from_fits("lensray", c, fit_local(c.sizes, c.losses, target, c.candidates, cfg), LOCAL_MIN_POINTS)
 
 
 def ats_window(log_x: np.ndarray, log_y: np.ndarray, k: int = 3, delta: float = 5.0) -> int:

@@ -63,11 +63,12 @@ def test_bench_curves_marks_what_a_users_file_cannot_give_as_n_a(tmp_path):
         assert all(c == {"pearcorr": None, "relacc": None} for c in doc[method].values())
     # budgets: 27000 (1/8), 9000 (1/16), 3000 (1/32, 1/64), 1000 (1/128), none (1/256, 1/512)
     assert doc["lensray"]["1/8"]["relacc"] == 100.0 and doc["lensray"]["1/16"]["relacc"] == 100.0
-    assert doc["lensray"]["1/32"]["relacc"] is None  # 2 sizes; the local fit needs 3
+    assert doc["lensray"]["1/32"] == doc["AtS"]["1/32"]  # 2 sizes: both take the line through them
+    assert doc["lensray"]["1/128"]["relacc"] is None  # 1 size: no slope
     assert doc["SubTuning"]["1/128"]["relacc"] == 100.0
     assert all(doc[m]["1/256"] == {"pearcorr": None, "relacc": None} for m in METHODS)
     assert "column '0'" in run.stdout and "column 'size'" in run.stdout
-    assert "lensray needs at least 3 sizes" in run.stdout
+    assert "lensray needs at least 2 sizes" in run.stdout
     assert "no size column is <= T/256" in run.stdout
 
 

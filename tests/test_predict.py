@@ -142,8 +142,20 @@ def test_fewer_points_than_a_law_needs_is_refused(tmp_path):
     seen = read_curves(write(tmp_path, GOOD)).upto(400)
     with pytest.raises(CurveError, match="RectifiedFit needs at least 5 sizes"):
         predict("RectifiedFit", seen, 1600)
-    with pytest.raises(CurveError, match="lensray needs at least 3 sizes"):
-        predict("lensray", seen, 1600)
+    with pytest.raises(CurveError, match="lensray needs at least 2 sizes"):
+        predict("lensray", seen.upto(200), 1600)
+
+
+def test_lensray_on_fewer_sizes_than_its_window_takes_the_slope_and_says_it_is_unreliable(tmp_path):
+    # A user's file may have only 2 sizes up to a budget: lensray then extrapolates the line
+    # through them (as AtS does with few points) instead of leaving the cell empty.
+    seen = read_curves(write(tmp_path, GOOD)).upto(400)
+    assert seen.sizes.size == 2
+    ours, ats = predict("lensray", seen, 1600), predict("AtS", seen, 1600)
+    np.testing.assert_allclose(ours.scores, ats.scores, rtol=1e-9)
+    line = seen.losses[:, 1] * (seen.losses[:, 1] / seen.losses[:, 0]) ** 2  # 1600 = 400 * 2^2
+    np.testing.assert_allclose(ours.scores, line, rtol=1e-9)
+    assert all(not f.ok and "only 2 sizes" in f.reason for f in ours.fits)
 
 
 def test_missing_optional_columns_are_named(tmp_path):
