@@ -91,6 +91,17 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
+def _read_all(paths: list[Path]) -> list[tuple[Path, Curves]]:
+    """Every file read and checked before any work, each data set named by its file stem."""
+    read: dict[str, tuple[Path, Curves]] = {}
+    for path in paths:
+        curves = read_curves(path)
+        if curves.name in read:
+            raise CurveError(f"two data sets are named {curves.name!r} ({read[curves.name][0]}, {path}); rename one file")
+        read[curves.name] = (path, curves)
+    return list(read.values())
+
+
 def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesBench:
     """Score every method at every budget on every data set; time each method's fits."""
     methods = methods or list(METHODS)
@@ -99,10 +110,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
     coverage: dict = {}
     per_fit: dict[str, list[float]] = {m: [] for m in methods}
     notes: dict[str, list[str]] = {}  # why a cell is n/a -> the budgets it applies to
-    for path in paths:
-        curves = read_curves(path)
-        if curves.name in scores:
-            raise CurveError(f"two data sets are named {curves.name!r}; rename one file")
+    for _, curves in _read_all(paths):
         truth = curves.losses[:, -1]
         target = int(curves.sizes[-1])
         scores[curves.name] = {m: {} for m in methods}
@@ -226,31 +234,41 @@ def _replay_config(path: Path, curves: Curves, budget: int, out: Path, **overrid
 
 def bench_select(paths: list[Path], out_dir: Path, sleep_s_per_pflop: float = 1e-3) -> dict:
     """A real replay sweep through Tune per data set and budget; selection quality and cost."""
+    from lensray.config import ConfigError
     from lensray.driver import run_select
 
     result: dict = {}
-    for path in paths:
-        curves = read_curves(path)
+    for path, curves in _read_all(paths):
         truth = curves.losses[:, -1]
+        index = {c: i for i, c in enumerate(curves.candidates)}
         result[curves.name] = {}
+        swept: dict[int, dict] = {}  # budget -> cell: gammas with the same largest size share a sweep
         for label, budget in budgets(curves):
+            cell = dict.fromkeys(("relacc", "pearcorr", "cost_vs_ats", "cost_vs_full"))
             if budget is None:
-                result[curves.name][label] = dict.fromkeys(("relacc", "pearcorr", "cost_vs_ats", "cost_vs_full"))
                 print(f"  {_budget_note(curves, label)}: skipped", flush=True)
-                continue
-            cfg = _replay_config(path, curves, budget, out_dir, sleep=sleep_s_per_pflop)
-            sel = run_select(cfg, quiet=True)
-            index = {c: i for i, c in enumerate(curves.candidates)}
-            ranked = [e for e in sel.doc["ranking"] if e["predicted_loss"] is not None]
-            scores = np.array([e["predicted_loss"] for e in ranked])
-            cost = sel.doc["cost"]
-            result[curves.name][label] = {
-                "relacc": _round(relacc(index[sel.selected], truth)) if sel.selected else None,
-                "pearcorr": _round(pearcorr(scores, truth[[index[e["candidate"]] for e in ranked]])),
-                "cost_vs_ats": round(cost["fraction_of_all_probes"], 4),
-                "cost_vs_full": round(cost["fraction_of_full"], 6),
-            }
-            print(f"  {curves.name} {label}: {result[curves.name][label]}", flush=True)
+            elif budget in swept:
+                cell = swept[budget]
+                print(f"  {curves.name} {label}: B={budget} as at the gamma before; the same sweep", flush=True)
+            else:
+                try:
+                    cfg = _replay_config(path, curves, budget, out_dir, sleep=sleep_s_per_pflop)
+                except ConfigError as err:  # e.g. fewer sizes up to B than a fit needs to decide
+                    print(f"  {curves.name} {label}: skipped, no sweep can run at B={budget}: {err}", flush=True)
+                else:
+                    sel = run_select(cfg, quiet=True)
+                    ranked = [e for e in sel.doc["ranking"] if e["predicted_loss"] is not None]
+                    scores = np.array([e["predicted_loss"] for e in ranked])
+                    cost = sel.doc["cost"]
+                    cell = {
+                        "relacc": _round(relacc(index[sel.selected], truth)) if sel.selected else None,
+                        "pearcorr": _round(pearcorr(scores, truth[[index[e["candidate"]] for e in ranked]])),
+                        "cost_vs_ats": round(cost["fraction_of_all_probes"], 4),
+                        "cost_vs_full": round(cost["fraction_of_full"], 6),
+                    }
+                    print(f"  {curves.name} {label}: {cell}", flush=True)
+                swept[budget] = cell
+            result[curves.name][label] = cell
     return result
 
 

@@ -296,10 +296,11 @@ class SelectConfig:
                     "scheduler.synchronous is not supported with backend hf yet: each resume would restart "
                     "the probe's Ray Train workers and DeepSpeed (~40 s on CPU); set scheduler.synchronous: false"
                 )
-        if self.scheduler.enabled and len(self.plan.resolved_sizes()) < self.fit.window:
+        sizes = self.plan.resolved_sizes()
+        if self.scheduler.enabled and len(sizes) < self.fit.window:
             raise ConfigError(
-                f"plan gives {len(self.plan.resolved_sizes())} sizes; the fit needs at least fit.window="
-                f"{self.fit.window}: add sizes (lower plan.start or raise plan.budget)"
+                f"plan gives only {len(sizes)} size{'s' * (len(sizes) != 1)} {sizes}; the fit needs at least "
+                f"fit.window={self.fit.window}: add sizes (lower plan.start or raise plan.budget)"
             )
         if self.backend == "replay" and not self.replay.curves:
             raise ConfigError("replay.curves is empty: the replay backend needs a curves CSV/Parquet")

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from lensray.bench import GAMMAS
 from lensray.curves import packaged_curves, read_curves
 from lensray.predict import METHODS
@@ -81,6 +83,39 @@ def test_bench_sweeps_probe_the_files_own_sizes(tmp_path):
     cfg = _replay_config(path, read_curves(path), 3200, tmp_path)
     assert cfg.plan.resolved_sizes() == [400, 800, 1600, 3200]
     assert cfg.plan.target == 6400
+
+
+@pytest.mark.slow
+def test_bench_select_runs_on_a_file_whose_budgets_repeat_or_lack_sizes(tmp_path):
+    # Sizes that quadruple from 100 (T = 102400): 1/8 and 1/16 share B = 6400, 1/32 and 1/64
+    # share B = 1600, and 1/128 ... 1/512 leave 2 sizes or fewer, too few for a sweep to decide.
+    # Each budget is swept once, through Tune, and the cells no sweep can fill are null.
+    from lensray.bench import bench_select, format_select
+
+    sizes = [100 * 4**i for i in range(6)]
+    rows = [",".join(["config name", *map(str, sizes)])]
+    for i, slope in enumerate((0.03, 0.06, 0.09)):
+        rows.append(",".join([f"m{i}", *(f"{4 * (s / 50) ** -slope:.4f}" for s in sizes)]))
+    path = tmp_path / "quad.csv"
+    path.write_text("\n".join(rows) + "\n")
+    doc = bench_select([path], tmp_path / "out", sleep_s_per_pflop=0.0)["quad"]
+    assert list(doc) == [f"1/{g}" for g in GAMMAS]
+    assert doc["1/8"] == doc["1/16"] and doc["1/32"] == doc["1/64"]
+    assert doc["1/8"]["relacc"] == 100.0 and doc["1/32"]["relacc"] == 100.0
+    assert 0 < doc["1/8"]["cost_vs_ats"] <= 1 and 0 < doc["1/32"]["cost_vs_ats"] <= 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["quad-B1600", "quad-B6400"]
+    for g in (128, 256, 512):
+        assert set(doc[f"1/{g}"].values()) == {None}
+    rows = [r for r in format_select({"quad": doc}, [path]).splitlines() if r.startswith("1/")]
+    assert "100.0 (100.0)" in rows[0] and rows[-1].split() == ["1/512", "n/a"]
+
+
+def test_bench_files_must_have_distinct_names(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "data.csv").write_text("config name,200,400,800\nm,3,2.9,2.8\n")
+    run = lensray("bench", "curves", "--data", str(tmp_path / "a" / "data.csv"), "--data", str(tmp_path / "b" / "data.csv"))
+    assert run.returncode == 2 and "two data sets are named 'data'" in run.stderr
 
 
 def test_bench_select_table_names_each_missed_target():
