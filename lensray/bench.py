@@ -115,6 +115,11 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
         target = int(curves.sizes[-1])
         scores[curves.name] = {m: {} for m in methods}
         coverage[curves.name] = {}
+        if np.ptp(truth) == 0:
+            notes.setdefault(
+                f"{curves.name}: every candidate ({len(truth)}) has the same loss at T; "
+                "PearCorr and RelAcc need at least 2 that differ", []
+            )
         for label, budget in budgets(curves):
             if budget is None:
                 notes.setdefault(_budget_note(curves, label), [])

@@ -74,6 +74,16 @@ def test_bench_curves_marks_what_a_users_file_cannot_give_as_n_a(tmp_path):
     assert "no size column is <= T/256" in run.stdout
 
 
+def test_bench_curves_says_why_a_single_candidate_scores_nothing(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("config name,200,400,800,1600\nm,3,2.9,2.8,2.7\n")
+    out = tmp_path / "o.json"
+    run = lensray("bench", "curves", "--data", str(path), "--json", str(out))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.read_text())["one"]["lensray"]["1/8"] == {"pearcorr": None, "relacc": None}
+    assert "every candidate (1) has the same loss at T" in run.stdout
+
+
 def test_bench_sweeps_probe_the_files_own_sizes(tmp_path):
     from lensray.bench import _replay_config
 
