@@ -2,8 +2,9 @@
 
 Schema (the one of shared/benchmarks/finetune-curves/, from Lin et al. 2024): one row per
 candidate; a name column (`config name`, else the first column); one column per fine-tuning size
-named by the integer size (`200`, `400`, ...; `200.0` is read as `200`), holding the held-out loss after fine-tuning on that
-many examples; optional `0` (zero-shot loss), `size` (parameter count) and `family`.
+named by the integer size (`200`, `400`, ...; `200.0` reads as `200`), holding the held-out loss
+after fine-tuning on that many examples; optional `0` (zero-shot loss), `size` (parameter count)
+and `family`.
 CSV or Parquet. Every problem is reported with the file, row and column, and how to fix it.
 
     from lensray.curves import read_curves
