@@ -254,7 +254,7 @@ def bench_select(paths: list[Path], out_dir: Path, sleep_s_per_pflop: float = 1e
                 print(f"  {_budget_note(curves, label)}: skipped", flush=True)
             elif budget in swept:
                 cell = swept[budget]
-                print(f"  {curves.name} {label}: B={budget} as at the gamma before; the same sweep", flush=True)
+                print(f"  {curves.name} {label}: B={budget}, as at the gamma before", flush=True)
             else:
                 try:
                     cfg = _replay_config(path, curves, budget, out_dir, sleep=sleep_s_per_pflop)
