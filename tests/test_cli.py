@@ -15,6 +15,17 @@ def lensray(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "lensray", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def power_law_file(path, sizes, slopes, d0, extra=None):
+    """A curves CSV with one candidate m<i> per slope, loss 4 (D/d0)^-slope at each size (the
+    steepest is the best everywhere); `extra` adds constant columns, e.g. {"0": 5, "size": 1000}."""
+    extra = extra or {}
+    rows = [",".join(["config name", *extra, *map(str, sizes)])]
+    for i, slope in enumerate(slopes):
+        rows.append(",".join([f"m{i}", *map(str, extra.values()), *(f"{4 * (s / d0) ** -slope:.4f}" for s in sizes)]))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def test_bench_curves_json_has_exactly_the_documented_shape(tmp_path):
     out = tmp_path / "b.json"
     data = [str(p) for p in packaged_curves()]
@@ -35,11 +46,7 @@ def test_bench_curves_json_has_exactly_the_documented_shape(tmp_path):
 
 def test_bench_curves_runs_on_a_users_own_file(tmp_path):
     sizes = [200 * 2**i for i in range(14)]  # 200 ... 1638400, as in the schema
-    rows = [",".join(["config name", "0", *map(str, sizes), "size"])]
-    for i, slope in enumerate((0.05, 0.08, 0.11)):
-        rows.append(",".join([f"m{i}", "5", *(f"{4 * (s / 200) ** -slope:.4f}" for s in sizes), "1000"]))
-    path = tmp_path / "mine.csv"
-    path.write_text("\n".join(rows) + "\n")
+    path = power_law_file(tmp_path / "mine.csv", sizes, (0.05, 0.08, 0.11), 200, {"0": 5, "size": 1000})
     out = tmp_path / "o.json"
     run = lensray("bench", "curves", "--data", str(path), "--json", str(out))
     assert run.returncode == 0, run.stderr
@@ -50,11 +57,7 @@ def test_bench_curves_marks_what_a_users_file_cannot_give_as_n_a(tmp_path):
     # No '0' or 'size' column, and sizes that triple from 1000: each budget is the largest size
     # <= T/gamma, and a cell a method cannot fill is null with its reason, not a failed bench.
     sizes = [1000 * 3**i for i in range(6)]  # T = 243000
-    rows = [",".join(["config name", *map(str, sizes)])]
-    for i, slope in enumerate((0.05, 0.08, 0.11)):
-        rows.append(",".join([f"m{i}", *(f"{4 * (s / 500) ** -slope:.4f}" for s in sizes)]))
-    path = tmp_path / "tripled.csv"
-    path.write_text("\n".join(rows) + "\n")
+    path = power_law_file(tmp_path / "tripled.csv", sizes, (0.05, 0.08, 0.11), 500)
     out = tmp_path / "o.json"
     run = lensray("bench", "curves", "--data", str(path), "--json", str(out))
     assert run.returncode == 0, run.stderr
@@ -103,11 +106,7 @@ def test_bench_select_runs_on_a_file_whose_budgets_repeat_or_lack_sizes(tmp_path
     from lensray.bench import bench_select, format_select
 
     sizes = [100 * 4**i for i in range(6)]
-    rows = [",".join(["config name", *map(str, sizes)])]
-    for i, slope in enumerate((0.03, 0.06, 0.09)):
-        rows.append(",".join([f"m{i}", *(f"{4 * (s / 50) ** -slope:.4f}" for s in sizes)]))
-    path = tmp_path / "quad.csv"
-    path.write_text("\n".join(rows) + "\n")
+    path = power_law_file(tmp_path / "quad.csv", sizes, (0.03, 0.06, 0.09), 50)
     doc = bench_select([path], tmp_path / "out", sleep_s_per_pflop=0.0)["quad"]
     assert list(doc) == [f"1/{g}" for g in GAMMAS]
     assert doc["1/8"] == doc["1/16"] and doc["1/32"] == doc["1/64"]
