@@ -8,9 +8,9 @@
      "target": T, "budget": B, "sizes": [D_1, ...],
      "ranking": [{"candidate", "model", "design", "predicted_loss", "interval": [lo, hi],
                   "status": "finished" | "stopped early" | "failed", "reason",
-                  "sizes": [...], "losses": [...]}, ...],     finished, then stopped, then failed
+                  "sizes": [...], "losses": [...], "flops"}, ...],   finished, then stopped, then failed
                  (design: the sample design's name, null without one; predicted_loss and
-                  losses are of the ranked quantity)
+                  losses are of the ranked quantity; flops: what this candidate's probes spent)
      "cost": {"flops_spent", "flops_all_probes", "flops_full",
               "fraction_of_all_probes", "fraction_of_full"},
      "decisions": n, "wall_s": s, "scheduler_s": s}   scheduler_s: time in its decisions
@@ -113,6 +113,7 @@ def build_selection(
             "reason": reason or ("" if f is None or f.ok else f"fit: {f.reason}"),
             "sizes": [o.size for o in obs[c]],
             "losses": [o.loss for o in obs[c]],
+            "flops": sum(o.flops for o in obs[c]),
         })
     entries.sort(key=lambda e: (_ORDER[e["status"]], e["predicted_loss"] is None, e["predicted_loss"] or 0.0))
     selected = next((e["candidate"] for e in entries if e["status"] == FINISHED and e["predicted_loss"] is not None), None)
@@ -177,14 +178,15 @@ def _markdown(selection: Selection) -> str:
         "",
         f"Ranked by {RANKED_BY[d['ranked_by']]}.",
         "",
-        "| rank | candidate | predicted at T | interval | status | reason |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| rank | candidate | predicted at T | interval | status | share of compute | reason |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for i, e in enumerate(d["ranking"], 1):
         lo, hi = e["interval"]
+        share = f"{e['flops'] / c['flops_spent']:.1%}" if c["flops_spent"] else "-"
         lines.append(
             f"| {i} | {e['candidate']} | {_fmt(e['predicted_loss'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
-            f"{e['status']} | {e['reason'].replace('|', '/')} |"
+            f"{e['status']} | {share} | {e['reason'].replace('|', '/')} |"
         )
     frac = c["fraction_of_all_probes"]
     full = c["fraction_of_full"]

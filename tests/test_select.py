@@ -50,17 +50,24 @@ def test_replay_sweep_selects_and_writes_every_file(sweep):
     assert doc["selected"] == sel.selected and doc["selected"] in POOL
     assert [e["candidate"] for e in doc["ranking"]].count(doc["selected"]) == 1
     for e in doc["ranking"]:
-        assert set(e) >= {"candidate", "model", "predicted_loss", "interval", "status", "reason"}
+        assert set(e) >= {"candidate", "model", "predicted_loss", "interval", "status", "reason", "flops"}
         assert e["status"] in ("finished", "stopped early", "failed")
         if e["predicted_loss"] is not None:
             assert e["interval"][0] <= e["predicted_loss"] <= e["interval"][1]
     assert set(doc["cost"]) >= {"flops_spent", "flops_all_probes", "flops_full"}
     assert 0 < doc["cost"]["flops_spent"] <= doc["cost"]["flops_all_probes"] < doc["cost"]["flops_full"]
+    # where the compute went: each candidate's probes, adding up to what was spent
+    assert sum(e["flops"] for e in doc["ranking"]) == pytest.approx(doc["cost"]["flops_spent"])
+    assert all(e["flops"] > 0 for e in doc["ranking"])
     table = pq.read_table(folder / "observations.parquet")
     assert table.num_rows == sum(len(e["sizes"]) for e in doc["ranking"])
     assert set(table.column_names) >= {"candidate", "size", "loss", "tokens", "flops", "wall_s"}
     assert (folder / "curves.png").stat().st_size > 10_000
-    assert "Selected:" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "Selected:" in report and "share of compute" in report
+    top = max(doc["ranking"], key=lambda e: e["flops"])
+    row = next(line for line in report.splitlines() if f"| {top['candidate']} |" in line)
+    assert f"{top['flops'] / doc['cost']['flops_spent']:.1%}" in row
 
 
 @pytest.mark.slow
