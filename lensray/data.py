@@ -80,6 +80,15 @@ def default_cache_dir() -> Path:
     return Path(root) / "tokenized"
 
 
+def check_fields(owner: str, given: dict[str, Any], cls: type) -> None:
+    """Refuse keys of `given` that are not fields of the dataclass `cls`: a ValueError naming
+    them (as `owner`'s) and listing the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"{owner}: unknown field(s) {unknown}; known fields are {sorted(known)}")
+
+
 @dataclass
 class DataConfig:
     """Where the fine-tuning data is, how an example becomes tokens, and which subsets to draw."""
@@ -154,12 +163,7 @@ class DataConfig:
             except ValueError as e:
                 raise ValueError(f"DataConfig.{e}") from None
         if isinstance(self.schema, dict):
-            known = {f.name for f in fields(TargetSchema)}
-            if set(self.schema) - known:
-                raise ValueError(
-                    f"DataConfig.schema: unknown field(s) {sorted(set(self.schema) - known)}; "
-                    f"known fields are {sorted(known)}"
-                )
+            check_fields("DataConfig.schema", self.schema, TargetSchema)
             try:
                 self.schema = TargetSchema(**self.schema)
             except (TypeError, ValueError) as e:
@@ -202,10 +206,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataConfig":
         """Build from a plain dict (YAML, a Tune config); an unknown key is a ValueError listing the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"DataConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        check_fields("DataConfig", d, cls)
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,11 +57,11 @@ import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lensray.data import IGNORE_INDEX, DataConfig, DataError, prepare_data
+from lensray.data import IGNORE_INDEX, DataConfig, DataError, check_fields, prepare_data
 from lensray.ntk import NTKStats, ntk_term
 from lensray.observation import Observation
 
@@ -270,14 +270,10 @@ class ProbeSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ProbeSpec":
         """Build from plain dicts (a Tune config): {"candidate", "model", "data": {...}, "probe": {...}}."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ProbeSpec: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        check_fields("ProbeSpec", d, cls)
         probe = d.get("probe", {})
-        pknown = {f.name for f in fields(ProbeConfig)}
-        if isinstance(probe, dict) and set(probe) - pknown:
-            raise ValueError(f"ProbeConfig: unknown field(s) {sorted(set(probe) - pknown)}; known fields are {sorted(pknown)}")
+        if isinstance(probe, dict):
+            check_fields("ProbeConfig", probe, ProbeConfig)
         return cls(
             candidate=d.get("candidate", ""),
             model=d.get("model", ""),
