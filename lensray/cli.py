@@ -214,11 +214,17 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _select(args: argparse.Namespace) -> int:
     from lensray.driver import experiment_storage, run_select
+    from lensray.report import unreliable_finishers
 
     cfg = _load(args)
     selection = run_select(cfg, resume=args.resume, quiet=args.quiet)
     cost = selection.doc["cost"]
     print(f"selected: {selection.selected}")
+    unsure = unreliable_finishers(selection.doc)
+    if unsure:
+        shown = ", ".join(unsure[:5]) + (f" and {len(unsure) - 5} more" if len(unsure) > 5 else "")
+        print(f"not ranked reliably: {shown}: probed to the budget, but their fits cannot be trusted, "
+              "so any of them may beat the selection (reasons in the report)")
     if cost["fraction_of_all_probes"] is not None:
         print(f"compute: {cost['fraction_of_all_probes']:.1%} of probing every candidate to the budget, "
               f"{cost['fraction_of_full']:.2%} of fine-tuning every candidate at T")

@@ -8,9 +8,11 @@
      "target": T, "budget": B, "sizes": [D_1, ...],
      "ranking": [{"candidate", "model", "design", "predicted_loss", "interval": [lo, hi],
                   "status": "finished" | "stopped early" | "failed", "reason",
-                  "sizes": [...], "losses": [...], "flops"}, ...],   finished, then stopped, then failed
-                 (design: the sample design's name, null without one; predicted_loss and
-                  losses are of the ranked quantity; flops: what this candidate's probes spent)
+                  "reliable", "sizes": [...], "losses": [...], "flops"}, ...],
+                 finished, then stopped, then failed (design: the sample design's name, null
+                 without one; predicted_loss and losses are of the ranked quantity; reliable:
+                 whether the fit behind predicted_loss can be trusted, `reason` says why not;
+                 flops: what this candidate's probes spent)
      "cost": {"flops_spent", "flops_all_probes", "flops_full",
               "fraction_of_all_probes", "fraction_of_full"},
      "decisions": n, "wall_s": s, "scheduler_s": s}   scheduler_s: time in its decisions
@@ -111,6 +113,7 @@ def build_selection(
             "interval": [_num(f.interval[0]), _num(f.interval[1])] if f else [None, None],
             "status": status,
             "reason": reason or ("" if f is None or f.ok else f"fit: {f.reason}"),
+            "reliable": bool(f is not None and f.ok),
             "sizes": [o.size for o in obs[c]],
             "losses": [o.loss for o in obs[c]],
             "flops": sum(o.flops for o in obs[c]),
@@ -188,6 +191,7 @@ def _markdown(selection: Selection) -> str:
             f"| {i} | {e['candidate']} | {_fmt(e['predicted_loss'])} | [{_fmt(lo)}, {_fmt(hi)}] | "
             f"{e['status']} | {share} | {e['reason'].replace('|', '/')} |"
         )
+    lines += _unreliable_note(d)
     frac = c["fraction_of_all_probes"]
     full = c["fraction_of_full"]
     lines += [
@@ -208,6 +212,26 @@ def _markdown(selection: Selection) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def unreliable_finishers(doc: dict[str, Any]) -> list[str]:
+    """Candidates probed to the budget whose fits cannot be trusted (e.g. still flat there):
+    their place in the ranking is a guess, and any of them may beat the selection at T."""
+    return [e["candidate"] for e in doc["ranking"] if e["status"] == FINISHED and not e["reliable"]]
+
+
+def _unreliable_note(doc: dict[str, Any]) -> list[str]:
+    names = unreliable_finishers(doc)
+    if not names:
+        return []
+    own = " The selection's own fit is one of them." if doc["selected"] in names else ""
+    return [
+        "",
+        f"**Not ranked reliably: {len(names)} of the candidates probed to the budget** "
+        f"({', '.join(names)}): their fits cannot be trusted (see their reasons), so their "
+        f"predictions at T are guesses and any of them may beat the selection.{own} "
+        "A larger `plan.budget` lets their curves show where they are heading.",
+    ]
 
 
 def _plot(selection: Selection, path: Path, most: int = 12) -> None:

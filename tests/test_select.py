@@ -11,6 +11,7 @@ import pytest
 from lensray.config import ConfigError, config_from_dict, load_config
 from lensray.curves import packaged_curves, read_curves
 from lensray.driver import run_select
+from lensray.report import Selection, _markdown
 from lensray.scheduler import FINISHED, STOPPED, read_state
 
 FLAN = str(packaged_curves()[0])
@@ -174,6 +175,35 @@ def test_a_killed_driver_resumes_to_the_same_selection_without_rerunning_probes(
     assert len(seen) == len(set(seen)), "a reported size ran twice"
     for c, obs in before.observations.items():
         assert [o.size for o in obs] == [s for (cc, s) in seen if cc == c][: len(obs)]
+
+
+@pytest.mark.slow
+def test_candidates_still_flat_at_the_budget_are_flagged_as_not_ranked_reliably(tmp_path):
+    # On WMT19, opt-6.7b's loss barely moves from 200 to 3,200 examples (1.99 to 1.96): it is
+    # probed to the budget, never decided on, and its prediction at T cannot be trusted.
+    import yaml
+
+    pool = ["google/t5-v1_1-base", "t5-base", "gpt2", "facebook/opt-6.7b", "google/mt5-base"]
+    raw = replay_raw(tmp_path, replay={"curves": str(packaged_curves()[1])}, pool={"models": pool},
+                     plan={"start": 200, "budget": 3200, "target": 1638400})
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(raw))
+    run = subprocess.run([sys.executable, "-m", "lensray", "select", str(tmp_path / "flat.yaml"), "--quiet"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    doc = json.loads((tmp_path / "t" / "selection.json").read_text())
+    by_name = {e["candidate"]: e for e in doc["ranking"]}
+    flat = by_name["facebook/opt-6.7b"]
+    assert flat["status"] == FINISHED and not flat["reliable"] and "not fallen beyond noise" in flat["reason"]
+    assert by_name[doc["selected"]]["reliable"] and doc["selected"] != "facebook/opt-6.7b"
+    assert [e["candidate"] for e in doc["ranking"] if e["status"] == FINISHED and not e["reliable"]] == [
+        "facebook/opt-6.7b"
+    ]
+    assert "not ranked reliably: facebook/opt-6.7b: probed to the budget" in run.stdout
+    report = (tmp_path / "t" / "report.md").read_text()
+    assert "**Not ranked reliably: 1 of the candidates probed to the budget** (facebook/opt-6.7b)" in report
+    assert "The selection's own fit is one of them" not in report
+    by_name[doc["selected"]]["reliable"] = False  # were the pick itself still flat, the report says so
+    assert "The selection's own fit is one of them" in _markdown(Selection(doc, {}, {}))
 
 
 def test_the_select_cli_names_a_bad_config_in_one_line(tmp_path):
