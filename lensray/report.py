@@ -254,8 +254,13 @@ def _plot(selection: Selection, path: Path, most: int = 12) -> None:
             xs = np.geomspace(x0, target, 30)
             slope = f.params["slope"]
             ys = e["losses"][-1] * (xs / x0) ** slope
-            ax.plot(xs, ys, "-" if e["status"] == FINISHED else ":", color=color, lw=1.2,
-                    label=f"{e['candidate']}{' (stopped)' if e['status'] == STOPPED else ''}")
+            if e["status"] == STOPPED:
+                style, note = ":", " (stopped)"
+            elif not e["reliable"]:
+                style, note = "--", " (fit not reliable)"
+            else:
+                style, note = "-", ""
+            ax.plot(xs, ys, style, color=color, lw=1.2, label=f"{e['candidate']}{note}")
             ax.errorbar([target], [f.predicted_loss], yerr=[[f.predicted_loss - f.interval[0]], [f.interval[1] - f.predicted_loss]],
                         fmt="s", color=color, ms=4, capsize=2)
         if e["status"] == STOPPED:
