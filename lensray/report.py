@@ -10,9 +10,10 @@
                   "status": "finished" | "stopped early" | "failed", "reason",
                   "reliable", "sizes": [...], "losses": [...], "flops"}, ...],
                  finished, then stopped, then failed (design: the sample design's name, null
-                 without one; predicted_loss and losses are of the ranked quantity; reliable:
-                 whether the fit behind predicted_loss can be trusted, `reason` says why not;
-                 flops: what this candidate's probes spent)
+                 without one; predicted_loss and losses are of the ranked quantity, and
+                 predicted_loss is the one observed at T when a probe reached it, as in
+                 `lensray verify`; reliable: whether the fit behind predicted_loss can be
+                 trusted, `reason` says why not; flops: what this candidate's probes spent)
      "cost": {"flops_spent", "flops_all_probes", "flops_full",
               "fraction_of_all_probes", "fraction_of_full"},
      "decisions": n, "wall_s": s, "scheduler_s": s}   scheduler_s: time in its decisions
@@ -104,16 +105,22 @@ def build_selection(
         elif status != STOPPED:
             status, reason = FAILED, reason or f"probe ended after {len(obs[c])} of {len(sizes)} sizes"
         f = fits.get(c)
-        pred = f.predicted_loss if f else float("nan")
+        measured = [o.loss for o in obs[c] if o.size == cfg.plan.target]
+        if measured:  # probed at T itself (e.g. `lensray verify`): nothing left to predict
+            pred, interval, reliable, why = measured[0], (measured[0], measured[0]), True, ""
+        elif f is not None:
+            pred, interval, reliable, why = f.predicted_loss, f.interval, f.ok, "" if f.ok else f"fit: {f.reason}"
+        else:
+            pred, interval, reliable, why = float("nan"), (float("nan"), float("nan")), False, ""
         entries.append({
             "candidate": c,
             "model": model,
             "design": designs.get(c) or None,
             "predicted_loss": _num(pred),
-            "interval": [_num(f.interval[0]), _num(f.interval[1])] if f else [None, None],
+            "interval": [_num(interval[0]), _num(interval[1])],
             "status": status,
-            "reason": reason or ("" if f is None or f.ok else f"fit: {f.reason}"),
-            "reliable": bool(f is not None and f.ok),
+            "reason": reason or why,
+            "reliable": reliable,
             "sizes": [o.size for o in obs[c]],
             "losses": [o.loss for o in obs[c]],
             "flops": sum(o.flops for o in obs[c]),
@@ -176,7 +183,8 @@ def _markdown(selection: Selection) -> str:
     lines = [
         "# lensray selection",
         "",
-        f"**Selected: {d['selected'] or 'none (no candidate finished)'}** - lowest predicted {d['ranked_by']} "
+        f"**Selected: {d['selected'] or 'none (no candidate finished)'}** - lowest "
+        f"{'measured' if d['sizes'][-1:] == [d['target']] else 'predicted'} {d['ranked_by']} "
         f"at T = {d['target']:,} examples, from probes on {', '.join(f'{s:,}' for s in d['sizes'])} examples.",
         "",
         f"Ranked by {RANKED_BY[d['ranked_by']]}.",
@@ -215,9 +223,12 @@ def _markdown(selection: Selection) -> str:
 
 
 def unreliable_finishers(doc: dict[str, Any]) -> list[str]:
-    """Candidates probed to the budget whose fits cannot be trusted (e.g. still flat there):
-    their place in the ranking is a guess, and any of them may beat the selection at T."""
-    return [e["candidate"] for e in doc["ranking"] if e["status"] == FINISHED and not e["reliable"]]
+    """Candidates probed to the budget and ranked on a fit that cannot be trusted (e.g. still flat
+    there): their place in the ranking is a guess, and any of them may beat the selection at T."""
+    return [
+        e["candidate"] for e in doc["ranking"]
+        if e["status"] == FINISHED and not e["reliable"] and e["predicted_loss"] is not None
+    ]
 
 
 def _unreliable_note(doc: dict[str, Any]) -> list[str]:

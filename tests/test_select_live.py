@@ -54,11 +54,20 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
 
 @pytest.mark.slow
 def test_live_verify_scores_the_selection(live):
-    cfg, sel, _ = live
+    cfg, sel, folder = live
     result = run_verify(cfg)
     assert set(result["loss_at_target"]) == set(POOL)  # the failing candidate fails again
     assert result["best"] == "neox-copy-48" and result["relacc"] == 100.0
     assert 0 < result["cost_fraction"] < 1
+    # the verification's own report ranks by the losses measured at T, best first
+    truth = json.loads((folder.parent / "live-verify" / "selection.json").read_text())
+    assert truth["selected"] == result["best"]
+    finished = [e for e in truth["ranking"] if e["status"] == "finished"]
+    assert {e["candidate"] for e in finished} == set(POOL)
+    for e in finished:
+        assert e["predicted_loss"] == e["losses"][0] == result["loss_at_target"][e["candidate"]]
+        assert e["reliable"] and e["interval"] == [e["predicted_loss"]] * 2
+    assert "**Selected: neox-copy-48** - lowest measured loss at T" in (folder.parent / "live-verify" / "report.md").read_text()
 
 
 def test_hf_config_refuses_what_it_cannot_do(zoo_dir):
