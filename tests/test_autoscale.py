@@ -79,6 +79,12 @@ def autoscaling_cluster(tmp_path_factory):
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def monitor_tail(cluster: dict, lines: int = 80) -> str:
+    """The last lines of the autoscaler's log (the head's monitor), to tell why nodes stay."""
+    logs = sorted(Path(cluster["temp"]).glob("session_*/logs/monitor.log"))
+    return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else "(no monitor.log)"
+
+
 def alive_nodes(cluster: dict) -> int:
     req = Request(f"{cluster['url']}/nodes?view=summary", headers={"Authorization": f"Bearer {cluster['env']['RAY_AUTH_TOKEN']}"})
     doc = json.loads(urlopen(req, timeout=5).read())
@@ -111,4 +117,7 @@ def test_probes_needing_a_node_type_not_up_make_the_autoscaler_add_it_then_remov
     assert {e["status"] for e in doc["ranking"]} <= {"finished", "stopped early"}
 
     # Idle nodes go after IDLE_TIMEOUT_MIN; a timeout here means they were not removed.
-    wait_until(lambda: alive_nodes(cluster) == 1, deadline, step_s=2.0)
+    try:
+        wait_until(lambda: alive_nodes(cluster) == 1, deadline, step_s=2.0)
+    except AssertionError:
+        raise AssertionError(f"idle worker nodes were not removed; the autoscaler's log ends:\n{monitor_tail(cluster)}") from None
