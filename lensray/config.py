@@ -152,7 +152,9 @@ class SchedulerConfig:
     """Keep at least this many candidates running to the budget; stop one only when, with the
     fits' confidence, it cannot reach the top k at the target."""
     level: float = 0.9
-    """Coverage of the intervals the stopping rule compares (higher = stops later, safer)."""
+    """Confidence of the stopping rule (higher = stops later, safer): a candidate that would beat
+    a rival at T is stopped by it with probability at most (1 - level) / 2 over the whole sweep
+    (scheduler.py)."""
     min_points: int = 3
     """Never decide on fewer observed sizes than this."""
     enabled: bool = True

@@ -201,7 +201,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
     before = read_state(state_path)
     todo = [c for c in rows if before.status.get(c, ("",))[0] not in (FINISHED, STOPPED)]
     init_ray(cfg)
-    scheduler = CurveFitScheduler(cfg.plan.target, cfg.scheduler, cfg.fit, state_path, budget=cfg.plan.resolved_sizes()[-1])
+    scheduler = CurveFitScheduler(cfg.plan.target, cfg.scheduler, cfg.fit, state_path, cfg.plan.resolved_sizes())
     errors: dict[str, str] = {}
     t0 = time.time()
     if todo:

@@ -30,6 +30,8 @@ most recent slope is the least biased. Its variance at T::
 
     Var = sigma^2 * (1/w + Delta^2 / S_xx) + (eps * Delta)^2,   Delta = log T - mean(log D_w)
 
+(its root is the fit's `params["sd_log"]`, which the scheduler compares candidates with)
+
 sigma^2: log-space noise (residuals of a quadratic in log D); eps: slope error per unit of
 log-distance, measured by a backtest inside the observed range (each curve's last point
 predicted from the window before it), so the interval also carries the extrapolation error.
@@ -390,7 +392,7 @@ def fit_local(
                 names[i], "local", int(target), float(np.exp(pred[i])),
                 (float(np.exp(pred[i] - z * sd)), float(np.exp(pred[i] + z * sd))), ok, reason,
                 {"slope": float(slope[i]), "loss_at_window": float(np.exp(icept[i])),
-                 "sigma_log": float(np.sqrt(sigma2)), "eps_slope": float(np.sqrt(eps2))},
+                 "sigma_log": float(np.sqrt(sigma2)), "eps_slope": float(np.sqrt(eps2)), "sd_log": float(sd)},
                 n,
             )
         )

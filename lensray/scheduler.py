@@ -2,16 +2,26 @@
 
 After an Observation (a subset size and its held-out loss) the scheduler refits that candidate's
 partial curve (`fit.fit_local`, lensray's predictor, fitted together with every candidate that
-reached the same sizes so noise and extrapolation error are estimated from the whole rung) and
-compares its *optimistic* bound on the loss at the target T with the *pessimistic* bounds of
-the others::
+reached the same sizes so noise and extrapolation error are estimated from the whole rung): a
+predicted log-loss at the target T, m_i, with standard deviation s_i. It then tests whether each
+other reliable fit j beats candidate i at T::
 
-    STOP candidate i  iff  fit_i is reliable  and  lo_i(T) > k-th smallest hi_j(T), j != i
+    j beats i  iff  (m_i - m_j) / sqrt(s_i^2 + s_j^2) > z,    z = Phi^-1(1 - alpha / R)
+    STOP candidate i  iff  fit_i is reliable  and  at least k others beat it
 
-i.e. at confidence `level` at least k other candidates will beat it at T, so it cannot be in the
-top k. It never decides on fewer than `min_points` sizes or on an unreliable fit (the fit says
-why), never stops while only `top_k` candidates are left running, never stops at the last
-planned size (nothing would be saved), and writes every decision with its reason.
+so i cannot be in the top k. This is a test of the *difference* of two predictions, not of the
+overlap of their intervals: two intervals of level 0.9 with equal widths can overlap while the
+difference is significant at up to 99% (Schenker & Gentleman 2001); comparing overlaps needlessly
+keeps candidates in the sweep. alpha = (1 - level) / 2 is the one-sided error of a bound of the
+`level` interval, and it is spread over the R decisions a candidate goes through (the planned
+sizes from the `min_points`-th to the one before the budget; Bonferroni, as for the repeated
+looks of a group-sequential test): a candidate that would beat its rival at T is stopped by that
+rival with probability at most alpha over the whole sweep, however many sizes the plan has. The
+extrapolation error is kept whole in s_i, though a part of it shared by every curve would cancel
+in a difference: taking that part out stops true bests (README, "late bloomers"). It never
+decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
+while only `top_k` candidates are left running, never stops at the last planned size (nothing
+would be saved), and writes every decision with its reason.
 
 Synchronous rungs (`synchronous`, the default): after each size a probe is PAUSED (it reports a
 tiny checkpoint of the sizes it has done, so a resumed probe continues with the next size). When
@@ -32,13 +42,13 @@ its state.
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import pickle
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,19 +87,25 @@ class CurveFitScheduler(FIFOScheduler):
         config: SchedulerConfig | None = None,
         fit_config: FitConfig | None = None,
         state_path: str | Path | None = None,
-        budget: int | None = None,
+        sizes: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.target = int(target)
-        self.budget = budget
-        """Last planned size: probes that reached it are done, nothing left to decide."""
         self.config = config or SchedulerConfig()
+        self.budget = int(sizes[-1]) if sizes else None
+        """Last planned size: probes that reached it are done, nothing left to decide."""
+        self.looks = max(len(sizes or []) - self.config.min_points, 1)
+        """Decisions a candidate goes through (planned sizes from the `min_points`-th to the one
+        before the budget; 1 when the plan is not known): the confidence is spread over them."""
         self.fit_config = replace(fit_config or FitConfig(), level=self.config.level)
         self.state_path = Path(state_path) if state_path else None
         self.curves: dict[str, _Curve] = {}
         self.decisions: list[dict[str, Any]] = []
-        # Kept incrementally so a decision costs O(k log N), not O(N), in pools of thousands:
-        self._upper: dict[str, float] = {}  # pessimistic bound of every reliable, non-failed fit
+        # Every reliable, non-failed fit's predicted log-loss at T and its s.d. (NaN for the
+        # others), one slot per candidate, so a decision is one vectorised pass over the pool:
+        self._slots: dict[str, int] = {}
+        self._names: list[str] = []
+        self._rivals = np.full((0, 2), np.nan)
         self._ended = 0  # candidates stopped or failed
         self._noise: dict[int, tuple[int, tuple[float, float]]] = {}  # rung -> (peers, noise)
         self._reached: dict[int, int] = {}  # number of sizes -> candidates that observed them
@@ -235,7 +251,7 @@ class CurveFitScheduler(FIFOScheduler):
         self._ended += (status in ended) - (curve.status in ended)
         curve.status, curve.reason = status, reason
         if status == FAILED:
-            self._upper.pop(name, None)
+            self._set_rival(name, None)
 
     def _note(self, name: str, size: int, decision: str, reason: str, fit: CurveFit | None = None) -> None:
         record = {"event": "decision", "candidate": name, "size": size, "decision": decision, "reason": reason}
@@ -258,10 +274,20 @@ class CurveFitScheduler(FIFOScheduler):
             noise = local_noise(curve.sizes, rows, self.fit_config)
             self._noise[n] = (count, noise)
         curve.fit = fit_local(curve.sizes, [curve.losses], self.target, [name], self.fit_config, noise)[0]
-        if curve.fit.ok and curve.status != FAILED:
-            self._upper[name] = curve.fit.interval[1]
-        else:
-            self._upper.pop(name, None)
+        self._set_rival(name, curve.fit if curve.fit.ok and curve.status != FAILED else None)
+
+    def _set_rival(self, name: str, fit: CurveFit | None) -> None:
+        """Enter (or, with None, withdraw) `name`'s fit as a rival of every other candidate."""
+        if name not in self._slots:
+            self._slots[name] = len(self._names)
+            self._names.append(name)
+            if len(self._names) > self._rivals.shape[0]:  # grow by doubling: O(1) amortised
+                grown = np.full((max(2 * self._rivals.shape[0], 16), 2), np.nan)
+                grown[: self._rivals.shape[0]] = self._rivals
+                self._rivals = grown
+        self._rivals[self._slots[name]] = (
+            (math.log(fit.predicted_loss), fit.params["sd_log"]) if fit is not None else (np.nan, np.nan)
+        )
 
     def _decide(self, name: str, curve: _Curve, refit: bool = True) -> tuple[str, str]:
         cfg = self.config
@@ -278,18 +304,29 @@ class CurveFitScheduler(FIFOScheduler):
         alive = len(self.curves) - self._ended
         if alive <= cfg.top_k:
             return TrialScheduler.CONTINUE, f"only {alive} candidates left; keeping the top {cfg.top_k}"
-        best = heapq.nsmallest(cfg.top_k + 1, self._upper.items(), key=lambda kv: kv[1])
-        others = [(bound, other) for other, bound in best if other != name][: cfg.top_k]
-        if len(others) < cfg.top_k:
+        rivals = self._rivals[: len(self._names)]
+        mean, sd = math.log(curve.fit.predicted_loss), curve.fit.params["sd_log"]
+        with np.errstate(invalid="ignore"):
+            margin = (mean - rivals[:, 0]) / np.sqrt(sd**2 + rivals[:, 1] ** 2)
+        margin[self._slots[name]] = np.nan
+        others = np.flatnonzero(~np.isnan(margin))
+        if others.size < cfg.top_k:
             return TrialScheduler.CONTINUE, f"fewer than {cfg.top_k} other reliable fits to compare with"
-        bound, rival = others[-1]
-        lo = curve.fit.interval[0]
-        if lo > bound:
+        # the k-th strongest rival decides: at least k others beat i iff it does
+        kth = others[np.argpartition(-margin[others], cfg.top_k - 1)[cfg.top_k - 1]]
+        rival, z_rival = self._names[kth], float(margin[kth])
+        alpha = (1.0 - cfg.level) / 2.0 / self.looks
+        z = NormalDist().inv_cdf(1.0 - alpha)
+        versus = (
+            f"predicted {curve.fit.predicted_loss:.4g} at T against {math.exp(rivals[kth, 0]):.4g} of "
+            f"{rival}, a difference of {z_rival:.2f} s.d."
+        )
+        if z_rival > z:
             return TrialScheduler.STOP, (
-                f"cannot reach the top {cfg.top_k}: optimistic loss at T {lo:.4g} > pessimistic "
-                f"{bound:.4g} of {rival} ({cfg.level:.0%} intervals)"
+                f"cannot reach the top {cfg.top_k}: {versus} > {z:.2f} (one-sided {1 - alpha:.2%}: "
+                f"level {cfg.level:g} spread over {self.looks} decision{'s' * (self.looks > 1)})"
             )
-        return TrialScheduler.CONTINUE, f"in contention: optimistic {lo:.4g} <= {bound:.4g} of {rival}"
+        return TrialScheduler.CONTINUE, f"in contention: {versus} <= {z:.2f}"
 
     # --- state ------------------------------------------------------------------------------
     def _set_status(self, name: str | None, status: str, reason: str) -> None:

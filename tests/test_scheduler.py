@@ -45,6 +45,30 @@ def test_keeps_a_close_candidate():
     assert "in contention" in s.decisions[-1]["reason"]
 
 
+def _pair_apart(sizes: list[int], sds: float) -> tuple[CurveFitScheduler, str, str]:
+    """Two clean curves of one slope, the second `sds` s.d. of a prediction above the first, fed
+    up to 800 (the first decision) to a scheduler planning `sizes`; its decision on the second."""
+    s = CurveFitScheduler(TARGET, SchedulerConfig(synchronous=False), sizes=sizes)
+    feed(s, "a", curve(2.0, -0.08), upto=3)
+    factor = np.exp(sds * s.curves["a"].fit.params["sd_log"])
+    return s, feed(s, "b", curve(2.0 * factor, -0.08), upto=3)[2], s.decisions[-1]["reason"]
+
+
+def test_a_difference_beyond_its_noise_stops_a_candidate_whose_interval_overlaps_the_leaders():
+    s, decision, reason = _pair_apart(SIZES[:4], 2.8)  # one decision in the plan, at 800
+    a, b = s.curves["a"].fit, s.curves["b"].fit
+    assert b.interval[0] < a.interval[1], "the 90% intervals overlap"
+    # ... but the difference is 2.8 / sqrt(2) = 1.98 s.d. of a difference, beyond 1.645 (95%)
+    assert decision == TrialScheduler.STOP and "1.98 s.d." in reason and "over 1 decision)" in reason
+
+
+def test_more_planned_decisions_ask_for_more_confidence_at_each():
+    # the same pair, in a plan of 11 sizes: 8 decisions share the 5% error, 0.625% each (z 2.50)
+    s, decision, reason = _pair_apart([200 * 2**i for i in range(11)], 2.8)
+    assert s.looks == 8
+    assert decision == TrialScheduler.CONTINUE and reason.startswith("in contention") and "<= 2.50" in reason
+
+
 def test_never_decides_on_an_unreliable_fit():
     s = CurveFitScheduler(TARGET)
     feed(s, "good", curve(2.0, -0.08))
@@ -65,7 +89,7 @@ def test_top_k_needs_k_better_rivals():
     feed(s, "good", curve(2.0, -0.08))
     feed(s, "also-good", curve(2.1, -0.08))
     assert feed(s, "bad", curve(4.0, -0.02))[2] == TrialScheduler.STOP
-    assert "also-good" in s.curves["bad"].reason  # the 2nd best pessimistic bound is the bar
+    assert "also-good" in s.curves["bad"].reason  # the 2nd strongest rival is the bar
 
 
 def test_disabled_never_stops():
@@ -137,7 +161,7 @@ class FakeController:
 
 
 def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
-    s = CurveFitScheduler(TARGET, state_path=tmp_path / "s.jsonl", budget=SIZES[-1])
+    s = CurveFitScheduler(TARGET, state_path=tmp_path / "s.jsonl", sizes=SIZES)
     ctl = FakeController(["bad", "good"])
     bad, good = curve(4.0, -0.02), curve(2.0, -0.08)
     # "bad" reaches 800 first: no rival has a fit yet, so it continues, paused at the rung
@@ -159,7 +183,7 @@ def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
 
 
 def test_pending_probes_start_before_paused_ones_resume():
-    s = CurveFitScheduler(TARGET, budget=SIZES[-1])
+    s = CurveFitScheduler(TARGET, sizes=SIZES)
     ctl = FakeController(["a", "b"])
     ctl.trials[1].status = "PENDING"
     assert s.choose_trial_to_run(ctl) is ctl.trials[1]
@@ -180,7 +204,7 @@ def test_a_resumed_synchronous_sweep_keeps_the_record_and_decides_pending_rungs_
             if i < upto - 1:  # the rung was decided; the last one of each is still open
                 lines.append({"event": "decision", "candidate": name, "size": d, "decision": "CONTINUE", "reason": "rung"})
     path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    s = CurveFitScheduler(TARGET, state_path=path, budget=SIZES[-1])
+    s = CurveFitScheduler(TARGET, state_path=path, sizes=SIZES)
     assert s.curves["bad"].status == RUNNING and s.curves["good"].status == RUNNING
     assert s.decisions == [r for r in lines if r["event"] == "decision"]
     assert s.curves["good"].rung_decided == 800 and s.curves["bad"].rung_decided == 400
