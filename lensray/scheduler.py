@@ -16,7 +16,8 @@ keeps candidates in the sweep. alpha = (1 - level) / 2 is the one-sided error of
 `level` interval, and it is spread over the R decisions a candidate goes through (the planned
 sizes from the `min_points`-th to the one before the budget; Bonferroni, as for the repeated
 looks of a group-sequential test): a candidate that would beat its rival at T is stopped by that
-rival with probability at most alpha over the whole sweep, however many sizes the plan has. The
+rival with probability at most alpha over the whole sweep, however many sizes the plan has (as
+far as the s.d. are right: README, "How far to trust the intervals"). The
 extrapolation error is kept whole in s_i, though a part of it shared by every curve would cancel
 in a difference: taking that part out stops true bests (README, "late bloomers"). It never
 decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
