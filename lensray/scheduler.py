@@ -17,12 +17,12 @@ keeps candidates in the sweep. alpha = (1 - level) / 2 is the one-sided error of
 sizes from the `min_points`-th to the one before the budget; Bonferroni, as for the repeated
 looks of a group-sequential test): a candidate that would beat its rival at T is stopped by that
 rival with probability at most alpha over the whole sweep, however many sizes the plan has (as
-far as the s.d. are right: README, "How far to trust the intervals"). The
-extrapolation error is kept whole in s_i, though a part of it shared by every curve would cancel
-in a difference: taking that part out stops true bests (README, "late bloomers"). It never
-decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
-while only `top_k` candidates are left running, never stops at the last planned size (nothing
-would be saved), and writes every decision with its reason.
+far as the s.d. are right: README, "How far to trust the intervals"). The extrapolation error is
+kept whole in s_i, though a part of it shared by every curve would cancel in a difference: taking
+that part out stops true bests (README, "late bloomers"). It never decides on fewer than
+`min_points` sizes or on an unreliable fit (the fit says why), never stops while only `top_k`
+candidates are left running, never stops at the last planned size (nothing would be saved), and
+writes every decision with its reason.
 
 Synchronous rungs (`synchronous`, the default): after each size a probe is PAUSED (it reports a
 tiny checkpoint of the sizes it has done, so a resumed probe continues with the next size). When
