@@ -98,6 +98,9 @@ class CurveFitScheduler(FIFOScheduler):
         self.looks = max(len(sizes or []) - self.config.min_points, 1)
         """Decisions a candidate goes through (planned sizes from the `min_points`-th to the one
         before the budget; 1 when the plan is not known): the confidence is spread over them."""
+        self.alpha = (1.0 - self.config.level) / 2.0 / self.looks
+        """One-sided error of each decision; a rival beats a candidate beyond z s.d. of a difference."""
+        self.z = NormalDist().inv_cdf(1.0 - self.alpha)
         self.fit_config = replace(fit_config or FitConfig(), level=self.config.level)
         self.state_path = Path(state_path) if state_path else None
         self.curves: dict[str, _Curve] = {}
@@ -316,18 +319,16 @@ class CurveFitScheduler(FIFOScheduler):
         # the k-th strongest rival decides: at least k others beat i iff it does
         kth = others[np.argpartition(-margin[others], cfg.top_k - 1)[cfg.top_k - 1]]
         rival, z_rival = self._names[kth], float(margin[kth])
-        alpha = (1.0 - cfg.level) / 2.0 / self.looks
-        z = NormalDist().inv_cdf(1.0 - alpha)
         versus = (
             f"predicted {curve.fit.predicted_loss:.4g} at T against {math.exp(rivals[kth, 0]):.4g} of "
             f"{rival}, a difference of {z_rival:.2f} s.d."
         )
-        if z_rival > z:
+        if z_rival > self.z:
             return TrialScheduler.STOP, (
-                f"cannot reach the top {cfg.top_k}: {versus} > {z:.2f} (one-sided {1 - alpha:.2%}: "
+                f"cannot reach the top {cfg.top_k}: {versus} > {self.z:.2f} (one-sided {1 - self.alpha:.2%}: "
                 f"level {cfg.level:g} spread over {self.looks} decision{'s' * (self.looks > 1)})"
             )
-        return TrialScheduler.CONTINUE, f"in contention: {versus} <= {z:.2f}"
+        return TrialScheduler.CONTINUE, f"in contention: {versus} <= {self.z:.2f}"
 
     # --- state ------------------------------------------------------------------------------
     def _set_status(self, name: str | None, status: str, reason: str) -> None:
