@@ -10,10 +10,17 @@ the largest size column <= T/gamma), every method of `predict.METHODS` is scored
     RelAcc   = 100 * (L_worst - L_selected) / (L_worst - L_best),  L = true loss at T
 
 and, for the methods that fit curves, the coverage of their intervals: the share of candidates
-whose true loss at T lies inside the interval the fit gives at the configured level (0.9). The
-time of one candidate's fit (what the scheduler runs after every report) is measured too. A cell
-a method cannot fill from a file (a missing optional column, too few sizes up to B) is None,
-with the reason in `CurvesBench.notes`.
+whose true loss at T lies inside the interval the fit gives at the configured level (0.9), and,
+for lensray's fits (whose s.d. the scheduler compares candidates with), the coverage of the
+intervals of *differences*: the share of pairs of reliable fits (i, j) with::
+
+    | (m_i - m_j) - (t_i - t_j) | <= z * sqrt(s_i^2 + s_j^2),   z = Phi^-1(1/2 + level/2)
+
+m: predicted log-loss at T, s: its s.d., t: the true log-loss at T. This is what the stopping
+rule's confidence rests on: a miss every candidate shares cancels in it, a miss that differs
+between candidates does not. The time of one candidate's fit (what the scheduler runs after
+every report) is measured too. A cell a method cannot fill from a file (a missing optional
+column, too few sizes up to B) is None, with the reason in `CurvesBench.notes`.
 
     lensray bench select [--data CSV ...] [--json OUT]
 
@@ -33,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lensray.curves import Curves, CurveError, packaged_curves, read_curves
-from lensray.fit import FitConfig
+from lensray.fit import CurveFit, FitConfig
 from lensray.predict import METHODS, Prediction, predict
 
 GAMMAS = (8, 16, 32, 64, 128, 256, 512)
@@ -60,6 +67,10 @@ class CurvesBench:
     coverage: dict[str, dict[str, dict[str, float]]]
     """coverage[dataset][method][gamma]: share of candidates whose true loss at T lies in their
     fit's interval (methods that fit curves only)."""
+    pair_coverage: dict[str, dict[str, dict[str, float | None]]]
+    """pair_coverage[dataset][method][gamma]: share of pairs of reliable fits whose true difference
+    at T lies in the interval of their predicted difference (fits with an s.d., i.e. lensray's;
+    None with fewer than two reliable fits)."""
     wall_s: float
     fit_ms_median: dict[str, float]
     notes: list[str]
@@ -102,12 +113,29 @@ def _read_all(paths: list[Path]) -> list[tuple[Path, Curves]]:
     return list(read.values())
 
 
+def pair_coverage(fits: list[CurveFit], truth: np.ndarray, level: float) -> float | None:
+    """Share of pairs of reliable `fits` whose true log-loss difference at T (`truth`: true
+    losses) lies within z s.d. of their predicted difference (see the module docstring); None
+    with fewer than two reliable fits."""
+    ok = np.array([f.ok for f in fits])
+    if ok.sum() < 2:
+        return None
+    m = np.log([f.predicted_loss for f in fits])[ok]
+    s = np.array([f.params["sd_log"] for f in fits])[ok]
+    err = m - np.log(truth)[ok]
+    i, j = np.triu_indices(m.size, 1)
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2.0)
+    return float(np.mean(np.abs(err[i] - err[j]) <= z * np.sqrt(s[i] ** 2 + s[j] ** 2)))
+
+
 def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesBench:
     """Score every method at every budget on every data set; time each method's fits."""
     methods = methods or list(METHODS)
+    level = FitConfig().level
     start = time.perf_counter()
     scores: dict = {}
     coverage: dict = {}
+    pairs: dict = {}
     per_fit: dict[str, list[float]] = {m: [] for m in methods}
     notes: dict[str, list[str]] = {}  # why a cell is n/a -> the budgets it applies to
     for _, curves in _read_all(paths):
@@ -115,6 +143,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
         target = int(curves.sizes[-1])
         scores[curves.name] = {m: {} for m in methods}
         coverage[curves.name] = {}
+        pairs[curves.name] = {}
         if np.ptp(truth) == 0:
             notes.setdefault(
                 f"{curves.name}: every candidate ({len(truth)}) has the same loss at T; "
@@ -141,10 +170,12 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
                 if pred.fits:
                     inside = [f.interval[0] <= t <= f.interval[1] for f, t in zip(pred.fits, truth)]
                     coverage[curves.name].setdefault(m, {})[label] = float(np.mean(inside))
+                if pred.fits and all("sd_log" in f.params for f in pred.fits):
+                    pairs[curves.name].setdefault(m, {})[label] = pair_coverage(pred.fits, truth, level)
     wall = time.perf_counter() - start
     fit_ms = {m: 1e3 * statistics.median(v) for m, v in per_fit.items() if v}
     return CurvesBench(
-        scores, coverage, wall, fit_ms, [f"{n} [{', '.join(at)}]" if at else n for n, at in notes.items()]
+        scores, coverage, pairs, wall, fit_ms, [f"{n} [{', '.join(at)}]" if at else n for n, at in notes.items()]
     )
 
 
@@ -179,19 +210,33 @@ def format_table(result: CurvesBench) -> str:
 
 
 def format_coverage(result: CurvesBench, level: float) -> str:
-    """The intervals' coverage as one text table per data set, in percent."""
+    """The intervals' coverage, of the losses and of the differences, as text tables per data
+    set, in percent."""
     lines = []
     labels = [f"1/{g}" for g in GAMMAS]
-    for ds, by_method in result.coverage.items():
-        if not by_method:
-            continue
-        lines.append(f"\n{ds}: coverage of the {level:.0%} intervals at T (% of candidates whose true loss is inside)")
-        lines.append(f"{'method':<13}" + "".join(f"{lab:>8}" for lab in labels))
-        for m, cells in by_method.items():
-            lines.append(f"{m:<13}" + "".join(
-                f"{'n/a' if cells.get(lab) is None else f'{100 * cells[lab]:.0f}':>8}" for lab in labels
-            ))
+    tables = [
+        (result.coverage, "intervals at T (% of candidates whose true loss is inside)"),
+        (result.pair_coverage, "intervals of differences at T (% of pairs of reliable fits whose true "
+         "difference is inside: what the scheduler's stopping rule rests on)"),
+    ]
+    for ds in result.coverage:
+        for table, what in tables:
+            by_method = table[ds]
+            if not by_method:
+                continue
+            lines.append(f"\n{ds}: coverage of the {level:.0%} {what}")
+            lines += _coverage_rows(by_method, labels)
     return "\n".join(lines)
+
+
+def _coverage_rows(by_method: dict[str, dict[str, float | None]], labels: list[str]) -> list[str]:
+    """One header and one row per method of a coverage table, in percent."""
+    rows = [f"{'method':<13}" + "".join(f"{lab:>8}" for lab in labels)]
+    for m, cells in by_method.items():
+        rows.append(f"{m:<13}" + "".join(
+            f"{'n/a' if cells.get(lab) is None else f'{100 * cells[lab]:.0f}':>8}" for lab in labels
+        ))
+    return rows
 
 
 def _fmt(v: float | None) -> str:

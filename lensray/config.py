@@ -153,8 +153,8 @@ class SchedulerConfig:
     fits' confidence, it cannot reach the top k at the target."""
     level: float = 0.9
     """Confidence of the stopping rule (higher = stops later, safer): a candidate that would beat
-    a rival at T is stopped by it with probability at most (1 - level) / 2 over the whole sweep
-    (scheduler.py)."""
+    a rival at T is stopped by it with probability at most (1 - level) / 2 over the whole sweep,
+    if the fits' s.d. are right (`lensray bench curves` measures how far they are; scheduler.py)."""
     min_points: int = 3
     """Never decide on fewer observed sizes than this."""
     enabled: bool = True

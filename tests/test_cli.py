@@ -40,7 +40,8 @@ def test_bench_curves_json_has_exactly_the_documented_shape(tmp_path):
             for cell in cells.values():
                 assert set(cell) == {"pearcorr", "relacc"}
                 assert all(isinstance(v, float) for v in cell.values())
-    assert "PearCorr / RelAcc" in run.stdout and "coverage of the 90% intervals" in run.stdout
+    assert "PearCorr / RelAcc" in run.stdout and "coverage of the 90% intervals at T" in run.stdout
+    assert "coverage of the 90% intervals of differences at T" in run.stdout
     assert "one candidate's fit" in run.stdout and "whole bench" in run.stdout
 
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from lensray.bench import GAMMAS, bench_curves, pearcorr, relacc
+from lensray.bench import GAMMAS, bench_curves, pair_coverage, pearcorr, relacc
 from lensray.curves import CurveError, packaged_curves, read_curves
+from lensray.fit import CurveFit
 from lensray.predict import METHODS, get_method, predict
 
 # Lin et al. 2024, as reproduced in shared/benchmarks/finetune-curves/README.md:
@@ -64,6 +65,39 @@ def test_coverage_counts_true_losses_inside_the_intervals(bench):
         fits = predict("lensray", curves.upto(target // gamma), target).fits
         inside = sum(lo <= t <= hi for (lo, hi), t in zip((f.interval for f in fits), truth))
         assert bench.coverage[curves.name]["lensray"][f"1/{gamma}"] == inside / len(fits)
+
+
+def _fit(name: str, log_pred: float, sd: float, ok: bool = True) -> CurveFit:
+    p = float(np.exp(log_pred))
+    return CurveFit(name, "local", 1000, p, (p, p), ok, "" if ok else "flat", {"sd_log": sd}, 3)
+
+
+def test_a_miss_every_candidate_shares_cancels_in_the_coverage_of_differences():
+    fits = [_fit(n, lp, 0.05) for n, lp in (("a", 0.0), ("b", 0.2), ("c", 0.5))]
+    truth = np.exp(np.array([0.0, 0.2, 0.5]) - 1.0)  # every prediction 1.0 too high in log
+    assert pair_coverage(fits, truth, 0.9) == 1.0
+    # a miss one candidate alone makes is outside the intervals of its two differences
+    truth = np.exp(np.array([0.0, 0.2, 0.5 - 1.0]))
+    assert pair_coverage(fits, truth, 0.9) == pytest.approx(1 / 3)
+    # within z = 1.645 s.d. of a difference (s.d. 0.05 * sqrt 2) is inside, beyond it is not
+    assert pair_coverage(fits[:2], np.exp([0.0, 0.2 - 0.11]), 0.9) == 1.0
+    assert pair_coverage(fits[:2], np.exp([0.0, 0.2 - 0.12]), 0.9) == 0.0
+
+
+def test_the_coverage_of_differences_counts_only_pairs_of_reliable_fits():
+    fits = [_fit("a", 0.0, 0.05), _fit("b", 0.2, 0.05), _fit("c", 0.5, 0.05, ok=False)]
+    truth = np.exp(np.array([0.0, 0.2, 3.0]))  # the unreliable fit's miss is not counted
+    assert pair_coverage(fits, truth, 0.9) == 1.0
+    assert pair_coverage(fits[1:], truth[1:], 0.9) is None
+
+
+def test_the_bench_gives_the_coverage_of_differences_for_the_fits_the_scheduler_compares(bench):
+    curves = read_curves(packaged_curves()[1])
+    truth, target = curves.losses[:, -1], int(curves.sizes[-1])
+    assert {ds: set(m) for ds, m in bench.pair_coverage.items()} == {"flan": {"lensray"}, "wmt19": {"lensray"}}
+    for gamma in GAMMAS:
+        fits = predict("lensray", curves.upto(target // gamma), target).fits
+        assert bench.pair_coverage[curves.name]["lensray"][f"1/{gamma}"] == pair_coverage(fits, truth, 0.9)
 
 
 def test_methods_only_look_up_to_the_budget():
