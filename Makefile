@@ -3,6 +3,7 @@
 #   make demo   the main job on its embedded default: `lensray select` on the offline zoo demo
 #   make test   run the test suite (what CI runs, via .ci/run)
 #   make bench  the benchmarks (predictor on recorded curves, fit speed, replay sweeps, scale)
+#   make docs   docs/benchmarks.md from the JSON `make bench` writes to out/bench-*.json
 SHELL := bash
 .SHELLFLAGS := -o pipefail -ec
 VENV ?= .venv
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.lensray-installed
 # pip prints one warning per missing local mirror folder; they are noise, not errors.
 QUIET := 2>&1 | { grep -v -e "^WARNING: Location 'file:" || true; }
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench docs clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -32,6 +33,9 @@ bench: $(STAMP)
 	$(VENV)/bin/lensray bench select --json out/bench-select.json
 	$(VENV)/bin/lensray bench scale --candidates 1000 --json out/bench-scale.json
 	$(VENV)/bin/lensray bench probe --json out/bench-probe.json
+
+docs: $(STAMP)
+	$(PY) -m lensray.bench.docs --out docs/benchmarks.md
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,15 +1,17 @@
-"""The `lensray` command line.
+"""The `lensray` command line: parse, call, print.
 
-    lensray select [CONFIG] [--out DIR|URI] [--resume]    run a selection sweep (default: the demo)
-    lensray verify [CONFIG] [--json OUT]                  fine-tune every candidate at T, score the selection
-    lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait]   run it as a Ray job on a cluster
+    lensray select [CONFIG] [--out DIR|URI] [--resume] [--set K=V ...]   run a selection sweep (default: the demo)
+    lensray config [CONFIG] [--set K=V ...] [--reference]   the resolved config as YAML, or every field's reference
+    lensray verify [CONFIG] [--json OUT] [--set K=V ...]    fine-tune every candidate at T, score the selection
+    lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait] [--set K=V ...]   run it as a Ray job
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
     lensray bench select | scale | probe                  sweep quality/cost, scale, probe throughput
 
-Errors in the user's input are printed as one line naming the problem and the fix (exit 2);
-a traceback means a bug in lensray.
+`--set section.field=value` (the value in YAML) overrides any config field, e.g.
+`--set fit.window=4 --set probe.lr=1e-4 --set pool.models=[a,b]`. Errors in the user's input are
+printed as one line naming the problem and the fix (exit 2); a traceback means a bug in lensray.
 """
 
 from __future__ import annotations
@@ -17,25 +19,61 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lensray.config import ConfigError
-from lensray.curves import CurveError
-from lensray.jobs import JobError
+from lensray.core.errors import ConfigError, LensrayError
+
+EXAMPLES = """\
+commands, one example each:
+  select  lensray select configs/replay-flan.yaml --set plan.budget=6400   (no CONFIG: the zoo demo)
+  config  lensray config configs/replay-flan.yaml --set fit.window=4       (--reference: every field)
+  verify  lensray verify configs/replay-flan.yaml --json out/verify.json
+  submit  lensray submit configs/replay-flan.yaml --address http://127.0.0.1:8265 --out /mnt/shared/lensray
+  jobs    lensray jobs --address http://127.0.0.1:8265
+  logs    lensray logs raysubmit_XXXX --address http://127.0.0.1:8265
+  stop    lensray stop raysubmit_XXXX --address http://127.0.0.1:8265
+  zoo     lensray zoo build --out zoo
+  bench   lensray bench curves --json out/bench-curves.json
+          lensray bench select --out out/bench-select --json out/bench-select.json
+          lensray bench scale --candidates 1000 --out out/bench-scale
+          lensray bench probe --zoo zoo --model llama-copy-96 --workers 1
+
+Errors in your input are one line naming the field or file and the fix (exit 2).
+"""
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override one config field, the value in YAML (repeatable), e.g. --set fit.window=4 --set probe.lr=1e-4",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lensray", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="lensray",
+        description="Pick the pretrained model to fine-tune from small fine-tunes: Ray Tune sweeps, DeepSpeed probes, "
+        "scaling-curve early stopping.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     select = sub.add_parser("select", help="run a selection sweep and write the report files")
     select.add_argument("config", nargs="?", help="selection YAML (see configs/); default: the demo")
     select.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
     select.add_argument("--resume", action="store_true", help="continue an interrupted sweep in its output folder")
     select.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_set(select)
+
+    config = sub.add_parser("config", help="print the resolved config as YAML (every default filled in), or the reference")
+    config.add_argument("config", nargs="?", help="selection YAML; default: the demo")
+    config.add_argument("--reference", action="store_true", help="print every field's type, default and meaning (docs/config.md) instead")
+    _add_set(config)
 
     verify = sub.add_parser("verify", help="fine-tune every candidate at the target size and score the selection")
     verify.add_argument("config", nargs="?", help="the selection's YAML (its `lensray select` run must exist)")
     verify.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
     verify.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    _add_set(verify)
 
     submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
     submit.add_argument("config", nargs="?", help="selection YAML; its folder is uploaded as the job's working dir")
@@ -44,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 unless it succeeded")
     submit.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the job's driver (default 0)")
     submit.add_argument("--entrypoint-gpus", type=float, default=0.0, help="GPUs reserved for the job's driver (default 0)")
+    _add_set(submit)
     for name, text in (("jobs", "list the cluster's jobs"), ("logs", "print a job's logs"), ("stop", "stop a job")):
         p = sub.add_parser(name, help=text)
         if name != "jobs":
@@ -54,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", help="the offline tiny model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo", required=True)
     build = zoo_sub.add_parser("build", help="build (or reuse) the zoo: 8 tiny causal LMs and a task")
-    build.add_argument("--out", metavar="DIR", default="zoo", help="folder (default: zoo)")
+    build.add_argument("--out", metavar="DIR", default="zoo", help="folder (default: zoo); a new or empty one, or a zoo")
     build.add_argument("--seed", type=int, default=0, help="seed of the whole zoo (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is up to date")
 
@@ -65,19 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curves.add_argument(
         "--data", action="append", metavar="CSV",
-        help="curves file (CSV or Parquet, schema in lensray/curves.py); repeatable; "
+        help="curves file (CSV or Parquet, schema in lensray/core/curves.py); repeatable; "
         "default: the packaged FLAN and WMT19 curves",
     )
     curves.add_argument("--json", metavar="OUT", help="also write the scores as JSON to OUT")
     sel = bench_sub.add_parser("select", help="real replay sweeps through Tune at every budget: quality and cost")
     sel.add_argument("--data", action="append", metavar="CSV", help="curves file; repeatable; default: the packaged curves")
     sel.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
-    sel.add_argument("--out", metavar="DIR", default="out/bench-select", help="where the sweeps' files go")
+    sel.add_argument("--out", metavar="DIR", default="out/bench-select", help="where the sweeps' files go: a new or empty folder, or one a bench made")
     scale = bench_sub.add_parser("scale", help="a replay sweep over many synthetic candidates: wall time, scheduler share")
     scale.add_argument("--candidates", type=int, default=1000, help="pool size (default 1000)")
     scale.add_argument("--synchronous", action="store_true", help="synchronous rungs (a Tune pause per size; slower)")
     scale.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
-    scale.add_argument("--out", metavar="DIR", default="out/bench-scale", help="where the sweep's files go")
+    scale.add_argument("--out", metavar="DIR", default="out/bench-scale", help="where the sweep's files go: a new or empty folder, or one a bench made")
     probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s) and memory on this machine")
     probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
     probe.add_argument("--model", default="llama-copy-96", help="zoo model (default llama-copy-96)")
@@ -93,8 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_json_out(getattr(args, "json", None))
         if args.command == "select":
             return _select(args)
+        if args.command == "config":
+            return _config(args)
         if args.command == "verify":
             return _verify(args)
         if args.command in ("submit", "jobs", "logs", "stop"):
@@ -102,34 +144,63 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "zoo":
             from pathlib import Path
 
-            from lensray.zoo import build_zoo
+            from lensray.zoo.build import build_zoo
 
             build_zoo(Path(args.out), seed=args.seed, force=args.force)
             return 0
         if args.command == "bench" and args.bench == "probe":
             return _bench_probe(args)
         if args.command == "bench" and args.bench == "curves":
-            from lensray.bench import run_bench_curves
+            from lensray.bench.curves import run_bench_curves
 
             return run_bench_curves(args.data, args.json)
         if args.command == "bench":
             return _bench_sweep(args)
-    except (ConfigError, CurveError, JobError, ValueError) as err:
-        print(f"lensray: error: {err}", file=sys.stderr)
-        return 2
+    except LensrayError as err:
+        return _fail(err)
     except FileNotFoundError as err:
         if not err.filename:  # not a path the user gave: a bug, keep its traceback
             raise
-        print(f"lensray: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     raise AssertionError(f"unhandled command {args}")  # argparse guarantees a known command
 
 
+def _fail(err: BaseException) -> int:
+    """Print `err` as the one line `lensray: error: ...` on stderr; the exit status 2."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    print(f"lensray: error: {text}", file=sys.stderr)
+    return 2
+
+
+def _check_json_out(json_out: str | None) -> None:
+    """--json names a file to write: refuse a folder (or a path under a file) before any work."""
+    if not json_out:
+        return
+    from pathlib import Path
+
+    out = Path(json_out).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--json {json_out!r} is a folder: give the file to write, e.g. --json {out / 'result.json'}")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--json {json_out!r}: {blocked} is a file, not a folder; choose another path")
+
+
+def _write_json(result: dict, json_out: str | None) -> None:
+    import json
+    from pathlib import Path
+
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def _jobs(args: argparse.Namespace) -> int:
-    from lensray import jobs
+    from lensray.cluster import jobs
 
     if args.command == "submit":
-        sub = jobs.plan_submission(args.config, args.out, args.resume, args.entrypoint_cpus, args.entrypoint_gpus)
+        sub = jobs.plan_submission(args.config, args.out, args.resume, args.entrypoint_cpus, args.entrypoint_gpus,
+                                   args.overrides)
         job_id = jobs.submit(sub, args.address)
         print(f"submitted {job_id}: {sub.entrypoint}")
         print(f"follow: lensray logs {job_id}; the report lands in {sub.output}")
@@ -150,71 +221,123 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_outputs(args: argparse.Namespace) -> list[str]:
+    """What `bench select`/`bench scale` write into --out, by name, after reading and checking
+    every input: the names a rerun may replace, and nothing else."""
+    from pathlib import Path
+
+    from lensray.bench.scale import scale_outputs
+    from lensray.bench.select import select_outputs
+    from lensray.core.curves import packaged_curves
+
+    if args.bench == "select":
+        return select_outputs([Path(p) for p in args.data] if args.data else packaged_curves())
+    return scale_outputs(args.candidates)
+
+
 def _bench_sweep(args: argparse.Namespace) -> int:
     import json
     import shutil
     from pathlib import Path
 
-    from lensray import bench
-    from lensray.curves import packaged_curves
+    from lensray.bench.scale import bench_scale
+    from lensray.bench.select import bench_select, format_select
+    from lensray.cluster.storage import claim_folder
+    from lensray.core.curves import packaged_curves
 
-    out = Path(args.out).resolve()
-    shutil.rmtree(out, ignore_errors=True)  # a benchmark's own scratch folder, re-made each run
+    names = bench_outputs(args)  # inputs first: a bad one leaves --out untouched
+    out = claim_folder(Path(args.out), f"lensray bench {args.bench}")
+    for name in names:  # a previous run's own files, re-made now
+        old = out / name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
     if args.bench == "select":
         paths = [Path(p) for p in args.data] if args.data else packaged_curves()
-        result = bench.bench_select(paths, out)
-        print(bench.format_select(result, paths))
+        result = bench_select(paths, out)
+        print(format_select(result, paths))
     else:
-        result = bench.bench_scale(args.candidates, out, args.synchronous)
+        result = bench_scale(args.candidates, out, args.synchronous)
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    _write_json(result, args.json)
     return 0
 
 
 def _load(args: argparse.Namespace):
-    """The config named on the command line (default: the packaged demo), with --out applied."""
-    from dataclasses import replace
+    """The config named on the command line (default: the packaged demo), with --set and --out
+    applied (--out last: it wins over `--set output=...`)."""
+    import json
 
-    from lensray.config import DEMO_CONFIG, load_config, output_location
+    from lensray.config.load import DEMO_CONFIG, load_config
 
-    cfg = load_config(args.config or DEMO_CONFIG)
-    return replace(cfg, output=output_location(args.out)) if args.out else cfg
+    overrides = list(getattr(args, "overrides", None) or [])
+    if getattr(args, "out", None):
+        overrides.append(f"output={json.dumps(args.out)}")  # a JSON string is YAML: a URI stays one string
+    return load_config(args.config or DEMO_CONFIG, overrides)
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.reference:
+        if args.config or args.overrides:
+            raise ConfigError("--reference prints the reference of every field: give it no CONFIG and no --set")
+        from lensray.config.reference import config_reference
+
+        sys.stdout.write(config_reference())
+        return 0
+    import dataclasses
+
+    import yaml
+
+    from lensray.config.load import DEMO_CONFIG
+
+    doc = _plain(dataclasses.asdict(_load(args)))
+    source = args.config or f"the demo, {DEMO_CONFIG}"
+    sys.stdout.write(f"# {source}, resolved: every field, defaults filled in, paths absolute\n")
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100))
+    return 0
+
+
+def _plain(value):
+    """Tuples as lists, all the way down: what yaml.safe_dump writes."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _bench_probe(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from lensray.probe import bench_probe
-    from lensray.zoo import build_zoo
+    from lensray.bench.probe import bench_probe
+    from lensray.zoo.build import build_zoo
 
     build_zoo(Path(args.zoo))
     result = bench_probe(Path(args.zoo), args.model, args.size, args.workers, args.zero_stage, args.lora, args.micro_batch)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    _write_json(result, args.json)
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from lensray.verify import run_verify
 
     result = run_verify(_load(args))
     print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    _write_json(result, args.json)
     return 0
 
 
 def _select(args: argparse.Namespace) -> int:
-    from lensray.driver import experiment_storage, run_select
-    from lensray.report import unreliable_finishers
+    if not args.config:  # the first line, before anything else can print
+        from lensray.config.load import DEMO_CONFIG
+
+        print(f"no CONFIG given: running the demo config {DEMO_CONFIG} (copy it to start your own)", flush=True)
+    from lensray.pipeline import run_select
+    from lensray.report.rank import unreliable_finishers
+    from lensray.sweep.run import experiment_storage
 
     cfg = _load(args)
     selection = run_select(cfg, resume=args.resume, quiet=args.quiet)

@@ -9,7 +9,7 @@ run of that CONFIG::
     relacc        = 100 * (L_worst - L_selected) / (L_worst - L_best),   L = the ranked quantity
                     at T (the loss, or the task error with probe.metric task)
     pearcorr      = 100 * Pearson(predicted loss, L) over the candidates with a prediction
-    cost_fraction = FLOPs the select run spent / FLOPs of fine-tuning every candidate at T
+    fraction_of_full = FLOPs the select run spent / FLOPs of fine-tuning every candidate at T
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from lensray.bench import pearcorr, relacc
-from lensray.config import ConfigError, PlanConfig, SelectConfig
-from lensray.driver import experiment_storage, run_select
+from lensray.config.schema import PlanConfig, SelectConfig
+from lensray.core.errors import ConfigError
+from lensray.pipeline import run_select
+from lensray.predict.metrics import pearcorr, relacc
+from lensray.sweep.run import experiment_storage
 
 
 def verify_config(cfg: SelectConfig) -> SelectConfig:
@@ -56,7 +58,7 @@ def run_verify(cfg: SelectConfig) -> dict:
     return {
         "relacc": relacc(names.index(selection["selected"]), losses),
         "pearcorr": pearcorr(np.array([predicted[n] for n in both]), np.array([truth[n] for n in both])),
-        "cost_fraction": spent / full if full else None,
+        "fraction_of_full": spent / full if full else None,
         "selected": selection["selected"],
         "best": names[int(np.argmin(losses))],
         "loss_at_target": truth,

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
     """A built zoo (lensray.zoo), shared by the whole session."""
-    from lensray.zoo import build_zoo
+    from lensray.zoo.build import build_zoo
 
     root = Path(os.environ.get("LENSRAY_TEST_ZOO", REPO / "zoo"))
     build_zoo(root)
@@ -28,7 +28,7 @@ def zoo_dir() -> Path:
 @pytest.fixture(scope="session")
 def zoo_manifest(zoo_dir: Path) -> dict:
     """The zoo's manifest with absolute paths; models by name under manifest["by_name"]."""
-    from lensray.zoo import load_manifest
+    from lensray.zoo.build import load_manifest
 
     manifest = load_manifest(zoo_dir)
     manifest["by_name"] = {m["name"]: m for m in manifest["models"]}
@@ -38,7 +38,7 @@ def zoo_manifest(zoo_dir: Path) -> dict:
 @pytest.fixture(scope="session")
 def tokenizer():
     """The zoo's word-level tokenizer, trained in-process (no zoo build needed)."""
-    from lensray.zoo import build_tokenizer
+    from lensray.zoo.build import build_tokenizer
 
     return build_tokenizer(0)
 
@@ -63,3 +63,20 @@ def _fresh_ray_per_module():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# Curves for the stopping rule's tests (test_rule, test_scheduler)
+from lensray.core.types import Observation  # noqa: E402
+
+SIZES = [200, 400, 800, 1600, 3200]
+TARGET = 1638400
+
+
+def curve(start: float, slope: float) -> list[float]:
+    """A clean power law L = start * (D/200)^slope."""
+    return [start * (d / 200) ** slope for d in SIZES]
+
+
+def feed(rule, name: str, losses: list[float], upto: int | None = None) -> list:
+    """Observe `name`'s first `upto` sizes of `losses` with `rule`; its actions."""
+    return [rule.observe(Observation(name, d, l, flops=6e9 * d)) for d, l in list(zip(SIZES, losses))[:upto]]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lensray.curves import packaged_curves
+from lensray.core.curves import packaged_curves
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -328,7 +328,7 @@ def test_raycluster_token_from_secret_everywhere():
 
 def test_rayjob_token_auth_and_entrypoint():
     from lensray.cli import build_parser
-    from lensray.config import load_config
+    from lensray.config.load import load_config
 
     job = _kuberay("kuberay/rayjob.yaml")[0]
     spec = _cluster_spec(job)

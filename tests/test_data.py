@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lensray.data import IGNORE_INDEX, DataConfig, DataError, prepare_data, tokenizer_fingerprint
-from lensray.design import TargetSchema, design_from_config, render, score, score_plain
-from lensray.zoo import ASPECT_SCHEMA, aspect_examples, task_examples
+from lensray.data.dataset import IGNORE_INDEX, DataConfig, prepare_data, tokenizer_fingerprint
+from lensray.core.errors import DataError
+from lensray.data.design import TargetSchema, design_from_config, render, score, score_plain
+from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples, task_examples
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -320,3 +321,82 @@ def test_chat_template_with_a_design(aspect_file, tmp_path, tokenizer):
     assert row["labels"] == [IGNORE_INDEX] + row["input_ids"][1:]  # loss on the input: all but the first
     outputs = [tokenizer.decode(r["input_ids"][len(r["prompt_ids"]) :], skip_special_tokens=True) for r in data.eval]
     assert outputs[0] == sample.response and data.score(outputs).accuracy == 1.0
+
+
+# check_data: the cheap check config loading runs on the data file, before any cluster work.
+
+def _pairs(n: int = 3) -> list[dict]:
+    return [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(n)]
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json-list", "json-columns", "json-pretty", "csv", "parquet"])
+def test_check_data_reads_the_fields_of_every_local_format(tmp_path, form):
+    from lensray.data.dataset import check_data
+
+    rows = _pairs()
+    if form == "jsonl":
+        path = write_jsonl(tmp_path / "d.jsonl", rows)
+    elif form.startswith("json-"):
+        doc = {"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]} if form == "json-columns" else rows
+        path = tmp_path / "d.json"
+        path.write_text(json.dumps(doc, indent=2 if form == "json-pretty" else None))
+    elif form == "csv":
+        path = tmp_path / "d.csv"
+        path.write_text("prompt,response\n" + "".join(f"{r['prompt']},{r['response']}\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = tmp_path / "d.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    check_data(DataConfig(path=str(path)))
+    with pytest.raises(DataError, match=r"data.prompt_field='question': no such field in .*; the data has fields \['prompt', 'response'\]"):
+        check_data(DataConfig(path=str(path), prompt_field="question"), owner="data")
+
+
+def test_check_data_reads_only_the_first_records(tmp_path):
+    from lensray.data.dataset import check_data
+
+    path = tmp_path / "big.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _pairs(500)) + "this line is not JSON\n")
+    check_data(DataConfig(path=str(path)))  # the broken line lies past the records it reads
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("empty.jsonl", "", "the data set is empty"),
+        ("bad.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": \n', "not valid JSON or JSON Lines at line 2"),
+        ("strings.json", '["a", "b"]', "holds a str where a record should be"),
+        ("header.csv", "prompt,response\n", "the data set is empty"),
+        ("data.txt", "hello", "unsupported file type '.txt'"),
+        ("fake.parquet", "not parquet", "not a Parquet file"),
+    ],
+)
+def test_check_data_names_what_is_wrong_in_one_line(tmp_path, name, text, message):
+    from lensray.data.dataset import check_data
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        check_data(DataConfig(path=str(tmp_path / name)), owner="data")
+    assert str(err.value).startswith("data.") and "\n" not in str(err.value)
+
+
+def test_check_data_missing_files_folders_and_hub_names(tmp_path):
+    from lensray.data.dataset import check_data
+
+    for missing in (tmp_path / "nope.jsonl", "./nope.jsonl", "~/no-such-lensray-data.jsonl"):
+        with pytest.raises(DataError, match=r"data.path=.*: no such file"):
+            check_data(DataConfig(path=str(missing)), owner="data")
+    with pytest.raises(DataError, match="is a folder: give the data file in it"):
+        check_data(DataConfig(path=str(tmp_path)), owner="data")
+    check_data(DataConfig(path="tatsu-lab/alpaca"))  # a hub name: checked where the hub is reachable
+
+
+def test_check_data_with_a_schema_wants_structured_records(tmp_path):
+    from lensray.data.dataset import check_data
+
+    path = write_jsonl(tmp_path / "a.jsonl", _pairs())
+    with pytest.raises(DataError, match=r"data.schema is set, so .* must hold structured records.*no field 'text'"):
+        check_data(DataConfig(path=str(path), design="es-sde", schema=ASPECT_SCHEMA), owner="data")
+    check_data(DataConfig(path=str(write_jsonl(tmp_path / "s.jsonl", aspect_examples(5, seed=0))), design="es-sde", schema=ASPECT_SCHEMA))

@@ -12,19 +12,8 @@ import sys
 import pytest
 import yaml
 
-from lensray.design import (
-    DESIGN_OPTIONS,
-    PRESETS,
-    SampleDesign,
-    TargetSchema,
-    design_from_config,
-    parse_output,
-    render,
-    render_plain,
-    score,
-    score_plain,
-)
-from lensray.zoo import ASPECT_SCHEMA, aspect_examples
+from lensray.data.design import DESIGN_OPTIONS, PRESETS, SampleDesign, TargetSchema, design_from_config, parse_output, render, render_plain, score, score_plain
+from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples
 
 S = ASPECT_SCHEMA
 REC = {
@@ -383,5 +372,5 @@ def test_aspect_vocabulary_is_bounded():
 
 
 def test_design_imports_stay_light():
-    code = "import sys, lensray.design, lensray.zoo; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, lensray.data.design, lensray.zoo.build; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

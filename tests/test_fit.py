@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from lensray.fit import FitConfig, fit_law, fit_local, local_noise
-from lensray.laws import rectified, vanilla
+from lensray.predict.fit import FitConfig
+from lensray.predict.grid import fit_law
+from lensray.predict.local import fit_local, local_noise
+from lensray.predict.laws import rectified, vanilla
 
 SIZES = 200 * 2.0 ** np.arange(12)  # 200 ... 409600
 TARGET = int(SIZES[-1] * 8)

@@ -4,8 +4,8 @@ the real submissions are in test_cluster.py)."""
 import pytest
 
 from lensray.cli import main
-from lensray.config import ConfigError
-from lensray.jobs import plan_submission
+from lensray.core.errors import ConfigError
+from lensray.cluster.jobs import plan_submission
 
 
 def write(tmp_path, text: str):
@@ -23,6 +23,15 @@ def test_the_config_folder_travels_and_the_job_runs_select_on_it(tmp_path):
     assert sub.working_dir == str(tmp_path.resolve())
     assert sub.entrypoint == "lensray select select.yaml --out /mnt/shared/x --resume"
     assert (sub.output, sub.entrypoint_num_cpus) == ("/mnt/shared/x", 1.0)
+
+
+def test_a_config_valid_only_with_its_overrides_is_submitted_with_them(tmp_path):
+    (tmp_path / "flan.csv").write_text("unused\n")
+    path = write(tmp_path, "backend: replay\n")  # no replay.curves: refused on its own
+    with pytest.raises(ConfigError, match="replay.curves is empty"):
+        plan_submission(str(path), "/mnt/shared/x", resume=False)
+    sub = plan_submission(str(path), "/mnt/shared/x", resume=False, overrides=["replay.curves=flan.csv"])
+    assert sub.entrypoint == "lensray select select.yaml --out /mnt/shared/x --set replay.curves=flan.csv"
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
-from lensray.bench import GAMMAS, bench_curves, pair_coverage, pearcorr, relacc
-from lensray.curves import CurveError, packaged_curves, read_curves
-from lensray.fit import CurveFit
-from lensray.predict import METHODS, get_method, predict
+from lensray.bench.curves import GAMMAS, bench_curves
+from lensray.predict.metrics import pair_coverage, pearcorr, relacc
+from lensray.core.errors import CurveError
+from lensray.core.curves import packaged_curves, read_curves
+from lensray.core.types import CurveFit
+from lensray.predict.methods import METHODS, get_method, predict
 
 # Lin et al. 2024, as reproduced in shared/benchmarks/finetune-curves/README.md:
 # (PearCorr, RelAcc) per gamma 1/8 ... 1/512.
@@ -43,14 +45,14 @@ def test_baselines_reproduce_the_paper_within_0_2(bench, dataset, method):
 
 @pytest.mark.parametrize("dataset", ["flan", "wmt19"])
 def test_default_predictor_never_selects_worse_than_ats(bench, dataset):
-    ours, ats = bench.scores[dataset]["lensray"], bench.scores[dataset]["AtS"]
+    ours, ats = bench.scores[dataset]["local"], bench.scores[dataset]["AtS"]
     for label in ours:
         assert ours[label]["relacc"] >= ats[label]["relacc"], label
 
 
 def test_default_predictor_correlates_better_than_ats_on_average(bench):
     gains = [
-        bench.scores[ds]["lensray"][g]["pearcorr"] - bench.scores[ds]["AtS"][g]["pearcorr"]
+        bench.scores[ds]["local"][g]["pearcorr"] - bench.scores[ds]["AtS"][g]["pearcorr"]
         for ds in ("flan", "wmt19")
         for g in bench.scores[ds]["AtS"]
     ]
@@ -60,16 +62,16 @@ def test_default_predictor_correlates_better_than_ats_on_average(bench):
 def test_coverage_counts_true_losses_inside_the_intervals(bench):
     curves = read_curves(packaged_curves()[1])
     truth, target = curves.losses[:, -1], int(curves.sizes[-1])
-    assert set(bench.coverage[curves.name]) == {"VanillaFit", "RectifiedFit", "LensLLM", "lensray"}
+    assert set(bench.coverage[curves.name]) == {"VanillaFit", "RectifiedFit", "LensLLM", "local"}
     for gamma in GAMMAS:
-        fits = predict("lensray", curves.upto(target // gamma), target).fits
+        fits = predict("local", curves.upto(target // gamma), target).fits
         inside = sum(lo <= t <= hi for (lo, hi), t in zip((f.interval for f in fits), truth))
-        assert bench.coverage[curves.name]["lensray"][f"1/{gamma}"] == inside / len(fits)
+        assert bench.coverage[curves.name]["local"][f"1/{gamma}"] == inside / len(fits)
 
 
 def _fit(name: str, log_pred: float, sd: float, ok: bool = True) -> CurveFit:
     p = float(np.exp(log_pred))
-    return CurveFit(name, "local", 1000, p, (p, p), ok, "" if ok else "flat", {"sd_log": sd}, 3)
+    return CurveFit(name, "local", 1000, p, (p, p), ok, "" if ok else "flat", {}, 3, sd)
 
 
 def test_a_miss_every_candidate_shares_cancels_in_the_coverage_of_differences():
@@ -94,10 +96,10 @@ def test_the_coverage_of_differences_counts_only_pairs_of_reliable_fits():
 def test_the_bench_gives_the_coverage_of_differences_for_the_fits_the_scheduler_compares(bench):
     curves = read_curves(packaged_curves()[1])
     truth, target = curves.losses[:, -1], int(curves.sizes[-1])
-    assert {ds: set(m) for ds, m in bench.pair_coverage.items()} == {"flan": {"lensray"}, "wmt19": {"lensray"}}
+    assert {ds: set(m) for ds, m in bench.pair_coverage.items()} == {ds: {"VanillaFit", "RectifiedFit", "LensLLM", "local"} for ds in ("flan", "wmt19")}
     for gamma in GAMMAS:
-        fits = predict("lensray", curves.upto(target // gamma), target).fits
-        assert bench.pair_coverage[curves.name]["lensray"][f"1/{gamma}"] == pair_coverage(fits, truth, 0.9)
+        fits = predict("local", curves.upto(target // gamma), target).fits
+        assert bench.pair_coverage[curves.name]["local"][f"1/{gamma}"] == pair_coverage(fits, truth, 0.9)
 
 
 def test_methods_only_look_up_to_the_budget():
@@ -176,8 +178,8 @@ def test_fewer_points_than_a_law_needs_is_refused(tmp_path):
     seen = read_curves(write(tmp_path, GOOD)).upto(400)
     with pytest.raises(CurveError, match="RectifiedFit needs at least 5 sizes"):
         predict("RectifiedFit", seen, 1600)
-    with pytest.raises(CurveError, match="lensray needs at least 2 sizes"):
-        predict("lensray", seen.upto(200), 1600)
+    with pytest.raises(CurveError, match="local needs at least 2 sizes"):
+        predict("local", seen.upto(200), 1600)
 
 
 def test_lensray_on_fewer_sizes_than_its_window_takes_the_slope_and_says_it_is_unreliable(tmp_path):
@@ -185,7 +187,7 @@ def test_lensray_on_fewer_sizes_than_its_window_takes_the_slope_and_says_it_is_u
     # through them (as AtS does with few points) instead of leaving the cell empty.
     seen = read_curves(write(tmp_path, GOOD)).upto(400)
     assert seen.sizes.size == 2
-    ours, ats = predict("lensray", seen, 1600), predict("AtS", seen, 1600)
+    ours, ats = predict("local", seen, 1600), predict("AtS", seen, 1600)
     np.testing.assert_allclose(ours.scores, ats.scores, rtol=1e-9)
     line = seen.losses[:, 1] * (seen.losses[:, 1] / seen.losses[:, 0]) ** 2  # 1600 = 400 * 2^2
     np.testing.assert_allclose(ours.scores, line, rtol=1e-9)

@@ -17,17 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from lensray.data import DataConfig, prepare_data
-from lensray.ntk import NTKStats, diag_ntk, ntk_term
-from lensray.probe import (
-    ProbeConfig,
-    ProbeError,
-    ProbeSpec,
-    builtin_deepspeed_template,
-    fill_deepspeed_config,
-    load_tokenizer,
-    run_probe,
-)
+from lensray.data.dataset import DataConfig, prepare_data
+from lensray.probe.hf.ntk import NTKStats, diag_ntk, ntk_term
+from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+from lensray.core.errors import ProbeError
+from lensray.probe.hf.deepspeed import builtin_deepspeed_template, fill_deepspeed_config
+from lensray.probe.hf.driver import run_probe
+from lensray.probe.hf.loading import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (8, 16, 32)
@@ -180,7 +176,7 @@ def test_remote_code_runs_only_for_a_candidate_that_opts_in(zoo_manifest, tmp_pa
     runs; for a candidate that opts in, it runs."""
     import torch
 
-    from lensray.probe import _load_model
+    from lensray.probe.hf.loading import load_model
 
     path = _copy_model(zoo_manifest, tmp_path, drop=())
     marker = tmp_path / "remote-code-ran"
@@ -195,7 +191,7 @@ def test_remote_code_runs_only_for_a_candidate_that_opts_in(zoo_manifest, tmp_pa
     spec = make_spec(zoo_manifest, tmp_path, model=str(path))
     assert spec.trust_remote_code is False  # the default
     load_tokenizer(spec)
-    _load_model(spec, torch)
+    load_model(spec, torch)
     assert not marker.exists()
     load_tokenizer(ProbeSpec(candidate=spec.candidate, model=spec.model, data=spec.data, trust_remote_code=True))
     assert marker.read_text() == "ran"

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from lensray.config import ConfigError, config_from_dict
-from lensray.design import DESIGN_OPTIONS, PRESETS, SampleDesign
-from lensray.zoo import ASPECT_SCHEMA
+from lensray.core.errors import ConfigError
+from lensray.config.load import config_from_dict
+from lensray.data.design import DESIGN_OPTIONS, PRESETS, SampleDesign
+from lensray.zoo.build import ASPECT_SCHEMA
 
 PLAN = {"sizes": [32, 64, 128], "budget": 128, "target": 512}
 
@@ -82,8 +83,10 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lensray.data import DataConfig, prepare_data
-    from lensray.probe import ProbeConfig, ProbeSpec, _generate, load_tokenizer
+    from lensray.data.dataset import DataConfig, prepare_data
+    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+    from lensray.probe.hf.worker import _generate
+    from lensray.probe.hf.loading import load_tokenizer
 
     entry = zoo_manifest["by_name"]["mistral-text-96"]
     spec = ProbeSpec(candidate="m", model=entry["path"], data=DataConfig(
@@ -107,8 +110,9 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
 
 @pytest.mark.slow
 def test_a_task_metric_probe_reports_the_smoothed_error_of_its_generations(zoo_manifest, ray_local, tmp_path):
-    from lensray.data import DataConfig
-    from lensray.probe import ProbeConfig, ProbeSpec, run_probe
+    from lensray.data.dataset import DataConfig
+    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+    from lensray.probe.hf.driver import run_probe
 
     spec = ProbeSpec(
         candidate="mistral-text-96+es-sde", model=zoo_manifest["by_name"]["mistral-text-96"]["path"],
@@ -131,7 +135,7 @@ def test_a_task_metric_probe_reports_the_smoothed_error_of_its_generations(zoo_m
 
 @pytest.fixture(scope="module")
 def sde_sweep(zoo_dir, tmp_path_factory):
-    from lensray.driver import run_select
+    from lensray.pipeline import run_select
 
     out = tmp_path_factory.mktemp("sde")
     cfg = config_from_dict(sde_config(zoo_dir, out, pool={"models": ["mistral-text-96"], "designs": [

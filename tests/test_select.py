@@ -8,11 +8,16 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
-from lensray.config import ConfigError, config_from_dict, load_config
-from lensray.curves import packaged_curves, read_curves
-from lensray.driver import run_select
-from lensray.report import Selection, _markdown
-from lensray.scheduler import FINISHED, STOPPED, read_state
+from lensray.core.errors import ConfigError
+from lensray.config.load import config_from_dict, load_config
+from lensray.core.curves import packaged_curves, read_curves
+from lensray.pipeline import run_select
+from lensray.core.types import Selection
+from lensray.report.files import _markdown
+from lensray.core.types import Status
+from lensray.sweep.record import read_state
+
+FINISHED, STOPPED = Status.FINISHED, Status.STOPPED
 
 FLAN = str(packaged_curves()[0])
 POOL = ["facebook/opt-1.3b", "t5-base", "gpt2", "cerebras/Cerebras-GPT-111M", "facebook/opt-6.7b", "t5-small"]
@@ -236,10 +241,10 @@ def test_bad_configs_name_the_field(raw, message):
 
 
 def test_plan_sizes_must_be_in_the_curves(tmp_path):
-    from lensray.driver import candidate_rows
+    from lensray.probe.base import get_backend
 
     with pytest.raises(ConfigError, match="not columns"):
-        candidate_rows(replay_cfg(tmp_path, plan={"sizes": [300, 600, 1200], "budget": 1200}))
+        get_backend("replay").check(replay_cfg(tmp_path, plan={"sizes": [300, 600, 1200], "budget": 1200}))
 
 
 def test_yaml_paths_are_relative_to_the_config(tmp_path):
@@ -254,7 +259,7 @@ def test_the_local_default_ray_serves_its_dashboard_and_job_server_on_loopback_o
 
     import ray
 
-    from lensray.driver import init_ray
+    from lensray.sweep.run import init_ray
 
     ray.shutdown()
     init_ray(replay_cfg(tmp_path))

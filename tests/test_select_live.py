@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from lensray.config import ConfigError, config_from_dict
-from lensray.driver import run_select
+from lensray.core.errors import ConfigError
+from lensray.config.load import config_from_dict
+from lensray.pipeline import run_select
 from lensray.verify import run_verify
 
 POOL = ["neox-copy-48", "gpt2-format-48", "llama-text-32"]
@@ -15,11 +16,13 @@ POOL = ["neox-copy-48", "gpt2-format-48", "llama-text-32"]
 @pytest.fixture(scope="module")
 def live(zoo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("live")
+    empty = out / "empty-model"  # a model folder without weights: its probe fails, the others go on
+    empty.mkdir()
     cfg = config_from_dict({
         "name": "live",
         "backend": "hf",
         "zoo": str(zoo_dir),
-        "pool": {"models": POOL + [{"name": "missing", "path": str(out / "no-such-model")}]},
+        "pool": {"models": POOL + [{"name": "missing", "path": str(empty)}]},
         "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512},
         "data": {"max_length": 32, "eval_size": 64},
         "probe": {"zero_stage": 2, "micro_batch": 8, "lr": 0.001, "epochs": 2, "ntk_examples": 4},
@@ -37,7 +40,7 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
     by_name = {e["candidate"]: e for e in doc["ranking"]}
     assert set(by_name) == set(POOL) | {"missing"}
     missing = by_name.pop("missing")  # a probe that fails is recorded; nothing else is affected
-    assert missing["status"] == "failed" and "does not exist" in missing["reason"]
+    assert missing["status"] == "failed" and "has no .safetensors weights" in missing["reason"]
     assert doc["ranking"][-1]["candidate"] == "missing"
     for e in by_name.values():
         assert e["status"] in ("finished", "stopped early"), e
@@ -58,7 +61,7 @@ def test_live_verify_scores_the_selection(live):
     result = run_verify(cfg)
     assert set(result["loss_at_target"]) == set(POOL)  # the failing candidate fails again
     assert result["best"] == "neox-copy-48" and result["relacc"] == 100.0
-    assert 0 < result["cost_fraction"] < 1
+    assert 0 < result["fraction_of_full"] < 1
     # the verification's own report ranks by the losses measured at T, best first
     truth = json.loads((folder.parent / "live-verify" / "selection.json").read_text())
     assert truth["selected"] == result["best"]

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from test_select import replay_raw
 
-from lensray.config import ConfigError, config_from_dict
-from lensray.driver import run_select
-from lensray.storage import Storage, StorageError
+from lensray.core.errors import ConfigError
+from lensray.config.load import config_from_dict
+from lensray.pipeline import run_select
+from lensray.cluster.storage import MARKER, Storage, claim_folder
+from lensray.core.errors import StorageError
 
 
 def test_uri_joins_before_the_query():
@@ -38,6 +40,34 @@ def test_uri_mirror_is_per_output(tmp_path, monkeypatch):
 def test_bad_output_uri_is_refused_naming_output(tmp_path, output, message):
     with pytest.raises(ConfigError, match=f"output {output!r}: {message}"):
         config_from_dict(replay_raw(tmp_path, output=output))
+
+
+def test_an_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "results").write_text("mine\n")
+    with pytest.raises(ConfigError, match=r"output '.*results' is a file: give a folder"):
+        config_from_dict(replay_raw(tmp_path, output=str(tmp_path / "results")))
+    assert (tmp_path / "results").read_text() == "mine\n"
+
+
+def test_claim_folder_creates_and_marks_a_new_or_empty_folder(tmp_path):
+    new = claim_folder(tmp_path / "a" / "b", "lensray bench select")
+    assert new == (tmp_path / "a" / "b").resolve() and (new / MARKER).read_text() == "lensray bench select\n"
+    (tmp_path / "empty").mkdir()
+    assert (claim_folder(tmp_path / "empty", "x") / MARKER).is_file()
+    (new / "sweep").mkdir()  # what lensray wrote there: the folder stays lensray's
+    assert claim_folder(new, "lensray bench select") == new
+
+
+def test_claim_folder_refuses_a_folder_with_a_users_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StorageError) as err:
+        claim_folder(tmp_path, "lensray bench select")
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path) in msg and "choose another --out, or empty the folder" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # untouched, not marked
+    with pytest.raises(StorageError, match="is a file, not a folder: choose another --out"):
+        claim_folder(tmp_path / "notes.txt", "x")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 @pytest.fixture(scope="module")

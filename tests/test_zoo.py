@@ -11,21 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from lensray.design import TargetSchema, render
-from lensray.zoo import (
-    ASPECT_SCHEMA,
-    ASPECT_SIZE,
-    CONTEXT,
-    ZOO,
-    _aspect_doc,
-    _aspect_words,
-    _corpus_doc,
-    all_designs,
-    aspect_examples,
-    build_tokenizer,
-    build_zoo,
-    task_examples,
-)
+from lensray.cluster.storage import MARKER, claim_folder
+from lensray.core.errors import StorageError
+from lensray.data.design import TargetSchema, render
+from lensray.zoo.build import ASPECT_SCHEMA, ASPECT_SIZE, CONTEXT, ZOO, _aspect_doc, _aspect_words, _corpus_doc, all_designs, aspect_examples, build_tokenizer, build_zoo, task_examples
 
 
 def test_manifest_lists_a_diverse_pool(zoo_manifest):
@@ -118,7 +107,7 @@ def test_finetuned_ranking_differs_from_zero_shot_and_size(zoo_manifest, tmp_pat
     import torch
     from transformers import AutoTokenizer
 
-    from lensray.data import DataConfig, prepare_data
+    from lensray.data.dataset import DataConfig, prepare_data
 
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(zoo_manifest["tokenizer"])
@@ -225,3 +214,56 @@ def test_text_and_mix_models_know_the_aspect_words(zoo_manifest):
     seen = [loss[m["name"]] for m in zoo_manifest["models"] if m["corpus"] in ("text", "mix")]
     unseen = [loss[m["name"]] for m in zoo_manifest["models"] if m["corpus"] in ("copy", "format")]
     assert max(seen) < 0.5 * min(unseen), loss
+
+
+# The zoo's folder: built only in a new or empty folder or a zoo; a rebuild deletes nothing else.
+
+def test_zoo_build_refuses_a_folder_with_a_users_files(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.safetensors").write_text("weights")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StorageError) as err:
+        build_zoo(tmp_path)
+    assert "\n" not in str(err.value) and "choose another --out, or empty the folder" in str(err.value)
+    assert (tmp_path / "models" / "mine.safetensors").read_text() == "weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "notes.txt"]
+
+
+def test_zoo_build_leaves_the_models_of_another_lensray_folder(tmp_path):
+    claim_folder(tmp_path, "lensray bench select")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "m.csv").write_text("x")
+    with pytest.raises(StorageError, match=r"models was not written by `lensray zoo build`"):
+        build_zoo(tmp_path)
+    assert (tmp_path / "models" / "m.csv").is_file()
+
+
+def test_a_zoo_from_before_the_marker_is_rebuilt_in_place(tmp_path, monkeypatch):
+    import lensray.zoo.build as zoo
+
+    manifest = {"config_hash": "old", "seed": 0, "tokenizer": "tokenizer", "task": "task.jsonl",
+                "models": [{"name": "llama-text-32", "path": "models/llama-text-32"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "models" / "llama-text-32").mkdir(parents=True)
+
+    class Stop(Exception):
+        pass
+
+    def stop(seed):
+        raise Stop  # where the build would start training: what came before is what counts
+    monkeypatch.setattr(zoo, "_build_tokenizer", stop)
+    with pytest.raises(Stop):
+        build_zoo(tmp_path)
+    assert (tmp_path / MARKER).read_text() == "lensray zoo build\n"
+    assert not (tmp_path / "models").exists() and not (tmp_path / "manifest.json").exists()
+
+
+def test_zoo_build_cli_error_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "thesis.tex").write_text("mine")
+    run = subprocess.run([sys.executable, "-m", "lensray", "zoo", "build", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("lensray: error: ") and run.stderr.count("\n") == 1
+    assert (tmp_path / "thesis.tex").read_text() == "mine"

@@ -1,0 +1,73 @@
+"""The `hf` probe backend: each Candidate fine-tuned on the plan's sizes with DeepSpeed under Ray
+Train (lensray.probe.hf.driver), one Observation per size reaching Tune as it is done.
+
+A trial only drives one TorchTrainer, whose workers reserve their own CPUs and GPUs, so the
+trial itself reserves a sliver of a CPU (Tune refuses a trial with no resources at all) and Tune
+must cap the live trials at what the workers have room for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from lensray.config.schema import SelectConfig
+from lensray.core.errors import ConfigError
+from lensray.core.types import Candidate, Pool
+from lensray.probe.base import Footprint
+
+TRIAL_CPU = 0.1
+"""CPU an hf trial reserves for itself (its workers reserve their own)."""
+
+
+class HFBackend:
+    """The `hf` probe backend (see the module docstring)."""
+
+    name = "hf"
+
+    def check(self, cfg: SelectConfig) -> None:
+        """Refuse, before Ray starts, GPUs asked of an embedded local Ray on a machine with none."""
+        if cfg.resources.gpus_per_worker <= 0 or cfg.ray_address or os.environ.get("RAY_ADDRESS"):
+            return
+        import torch
+
+        if torch.cuda.device_count() == 0:
+            raise ConfigError(
+                f"resources.gpus_per_worker is {cfg.resources.gpus_per_worker:g} but this machine has no GPU "
+                "and no cluster is named (ray_address / $RAY_ADDRESS): set resources.gpus_per_worker: 0 to "
+                "probe on CPUs, or set ray_address to a cluster with GPUs"
+            )
+
+    def pool(self, cfg: SelectConfig) -> Pool:
+        return Pool(cfg.candidates())
+
+    def footprint(self, cfg: SelectConfig) -> Footprint:
+        r = cfg.resources
+        return Footprint({"CPU": TRIAL_CPU}, r.workers * r.cpus_per_worker + TRIAL_CPU, r.workers * r.gpus_per_worker,
+                         cap_live_trials=True)
+
+    def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:
+        """Fine-tune the sizes in one TorchTrainer run; each size reaches Tune as it is done
+        (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes. A retried
+        trial's Ray Train run (named after the trial) resumes from its own checkpoint."""
+        from lensray.probe.hf.driver import run_probe
+        from lensray.probe.hf.recipe import ProbeSpec
+        from lensray.sweep.run import experiment_storage
+
+        r = cfg.resources
+        spec = ProbeSpec(
+            candidate=candidate.name,
+            model=candidate.model.path or candidate.model.name,
+            data=replace(cfg.candidate_data(candidate), sizes=tuple(sizes), seed=cfg.seed),
+            probe=replace(
+                cfg.probe, num_workers=r.workers, cpus_per_worker=r.cpus_per_worker,
+                device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
+                storage_path=experiment_storage(cfg).uri("train"),
+                run_name=f"probe-{candidate.name}-{trial_id}", max_failures=r.max_failures,
+            ),
+            trust_remote_code=candidate.model.trust_remote_code,
+        )
+        run_probe(spec)
+
+
+BACKEND = HFBackend()

@@ -1,0 +1,64 @@
+"""Loading a Candidate's model and tokenizer with transformers: a local save_pretrained folder or a
+hub id, with errors that say which and why (a ProbeError). transformers and peft are imported
+inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lensray.core.errors import ProbeError, one_line
+from lensray.probe.hf.recipe import ProbeSpec
+
+
+def load_tokenizer(spec: ProbeSpec):
+    """The candidate's tokenizer, with pad = eos when it has no pad token."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    where = Path(spec.model).expanduser()
+    looks_local = where.is_absolute() or spec.model.startswith((".", "~")) or where.exists()
+    if looks_local and not where.is_dir():
+        raise ProbeError(f"model path {spec.model!r} does not exist (build the zoo with `lensray zoo build`?)", spec.candidate)
+    if looks_local and not any(where.glob("*.safetensors")):
+        raise ProbeError(f"model directory {spec.model!r} has no .safetensors weights (save it with save_pretrained)", spec.candidate)
+    try:
+        config = AutoConfig.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
+    except Exception as e:  # OSError (missing/offline), ValueError (remote code), ...
+        where_ = "local directory" if looks_local else "hub id (is the hub reachable from here?)"
+        raise ProbeError(f"cannot load model {spec.model!r} as a {where_}: {one_line(e)}", spec.candidate) from None
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ProbeError(
+                f"tokenizer of {spec.model!r} has neither a pad nor an end (eos) token; add a pad token to it",
+                spec.candidate,
+            )
+        tok.pad_token = tok.eos_token
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if context and spec.data.max_length > context:
+        raise ProbeError(
+            f"DataConfig.max_length={spec.data.max_length} exceeds the context of {spec.model!r} "
+            f"({context} tokens); lower max_length",
+            spec.candidate,
+        )
+    return tok
+
+
+def load_model(spec: ProbeSpec, torch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.model, use_safetensors=True, trust_remote_code=spec.trust_remote_code, dtype=torch.float32
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    if spec.probe.lora:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = spec.probe
+        targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+        model = get_peft_model(
+            model,
+            LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                       target_modules=targets, task_type="CAUSAL_LM"),
+        )
+    return model, n_params

@@ -1,0 +1,334 @@
+"""The hf probe's Ray Train worker loop: one process per rank fine-tunes the Candidate with DeepSpeed
+on every remaining subset size, evaluates it on the held-out set, and reports an Observation
+(and a checkpoint of its progress) after each size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from lensray.core.errors import one_line
+from lensray.data.dataset import IGNORE_INDEX
+from lensray.probe.hf.loading import load_model, load_tokenizer
+from lensray.probe.hf.ntk import NTKStats, ntk_term
+from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+
+
+def _pad(rows, pad_id: int, torch, device):
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
+    """Mean response-token cross-entropy over all `rows`, each rank taking rows[rank::world]."""
+    import torch.distributed as dist
+
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    mine = rows[rank::world]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), batch):
+            ids, mask, labels = _pad(mine[i : i + batch], pad_id, torch, device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            total[0] += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).double()
+            total[1] += (target != IGNORE_INDEX).sum()
+    model.train(was_training)
+    if world > 1:
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device) -> list[list[int]]:
+    """Greedy responses (token ids up to the end token) to prompts[rank::world]. Prompts of one
+    length are batched together, so no padding enters the model (left padding is handled
+    differently, or not at all, by different architectures)."""
+    mine = prompts[rank::world]
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(mine):
+        by_length.setdefault(len(p), []).append(i)
+    out: list[list[int]] = [[] for _ in mine]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for n, rows in by_length.items():
+            new = min(cfg.max_new_tokens, context - n) if context else cfg.max_new_tokens
+            for j in range(0, len(rows), cfg.eval_batch) if new > 0 else ():
+                chunk = rows[j : j + cfg.eval_batch]
+                ids = torch.tensor([mine[i] for i in chunk], dtype=torch.long, device=device)
+                gen = model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                    eos_token_id=eos_id, pad_token_id=pad_id,
+                )
+                for i, row in zip(chunk, gen[:, n:].tolist()):
+                    out[i] = row[: row.index(eos_id)] if eos_id in row else row
+    model.train(was_training)
+    return out
+
+
+def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, rank, world, torch, device) -> dict[str, Any]:
+    """metric=task: every rank generates for its share of the held-out prompts; the outputs are
+    gathered and scored against the references under the data's design (lensray.data)."""
+    import torch.distributed as dist
+
+    from lensray.data.dataset import score_outputs
+
+    prompts = config["eval_prompts"]
+    mine = _generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch, device)
+    shares = [mine]
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, mine)
+    outputs = [""] * len(prompts)
+    for r, share in enumerate(shares):  # rank r generated prompts[r::world]
+        for k, ids in enumerate(share):
+            outputs[r + k * world] = tokenizer.decode(ids, skip_special_tokens=True)
+    result = score_outputs(outputs, config["eval_references"], spec.data.sample_design, spec.data.schema)
+    return {
+        "metric": "task", "error": result.error, "error_smoothed": result.smoothed_error,
+        "accuracy": result.accuracy, "f1": result.f1, "format_error_rate": result.format_error_rate,
+        "scored": result.n, "sample_output": outputs[0],
+    }
+
+
+
+
+class _Train:
+    """One fine-tune of one size on this rank: the DeepSpeed engine and what it measured."""
+
+    def __init__(self, engine, steps: int, trainable, before, first_loss, last_loss, tokens: float, train_s: float):
+        self.engine, self.steps, self.trainable, self.before = engine, steps, trainable, before
+        self.first_loss, self.last_loss, self.tokens, self.train_s = first_loss, last_loss, tokens, train_s
+
+
+class _Worker:
+    """The state of one Ray Train worker: its rank, device, data and the pretrained model's
+    zero-shot loss and NTK statistics (measured once, at the first size)."""
+
+    def __init__(self, config: dict[str, Any], torch, dist, ctx) -> None:
+        self.config, self.torch, self.dist = config, torch, dist
+        self.spec = ProbeSpec.from_dict(config["spec"])
+        self.cfg = cfg = self.spec.probe
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if config["use_gpu"]:
+            self.device = torch.device("cuda", ctx.get_local_rank())
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        self.pad_id = config["pad_id"]
+        self.tokenizer = load_tokenizer(self.spec) if cfg.metric == "task" else None
+        self.train_rows = [tuple(r) for r in config["train_rows"]]
+        self.eval_rows = [tuple(r) for r in config["eval_rows"]]
+        self.global_batch = cfg.micro_batch * self.world
+        self.ntk: NTKStats | None = None
+        self.zero_shot: float | None = None
+
+    def agree(self, value: float, op) -> float:
+        """`value` reduced over every rank with `op` (SUM, MAX), so all ranks decide alike."""
+        t = self.torch.tensor([value], dtype=self.torch.float64, device=self.device)
+        if self.world > 1:
+            self.dist.all_reduce(t, op=op)
+        return float(t)
+
+    def evaluate(self, model) -> float:
+        return _evaluate(model, self.eval_rows, self.pad_id, self.cfg.eval_batch, self.rank, self.world, self.torch, self.device)
+
+    def load(self) -> tuple[Any, int] | str:
+        """The pretrained model (and its parameter count) on this device, or why it cannot load
+        on some rank (every rank stops together)."""
+        torch, spec = self.torch, self.spec
+        torch.manual_seed(self.cfg.seed)
+        try:
+            model, n_params = load_model(spec, torch)
+            load_error = ""
+        except Exception as e:  # corrupt or incompatible weights, peft target mismatch, ...
+            load_error = f"cannot load {spec.model!r} for fine-tuning: {one_line(e)}"
+        if self.agree(float(bool(load_error)), self.dist.ReduceOp.MAX):
+            return load_error or f"cannot load {spec.model!r} on another worker"
+        model.to(self.device)
+        if self.zero_shot is None:
+            self.zero_shot = self.evaluate(model)
+            if self.rank == 0 and self.cfg.ntk_examples:
+                from lensray.probe.hf.ntk import diag_ntk
+
+                self.ntk = diag_ntk(model, self.train_rows[: self.cfg.ntk_examples], self.device)
+        return model, n_params
+
+    def train(self, model, size: int) -> _Train | str:
+        """Fine-tune `model` on the first `size` examples with DeepSpeed, or say why it stopped
+        (divergence, memory)."""
+        import deepspeed
+        import numpy as np
+
+        cfg, torch, dist = self.cfg, self.torch, self.dist
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        before = {n: p.detach().clone() for n, p in trainable}
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=[p for _, p in trainable], config=self.config["ds_config"]
+        )
+        steps = cfg.max_steps or cfg.epochs * math.ceil(size / (self.global_batch * cfg.grad_accum))
+        rng = np.random.default_rng([cfg.seed, size])
+        order: list[int] = []
+        tokens = 0.0
+        first_loss = mean_loss = None
+        train_start = time.perf_counter()
+        engine.train()
+        for step in range(steps):
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                if len(order) < self.global_batch:  # next epoch(s): a fresh permutation of the subset
+                    order += [int(i) for i in rng.permutation(size)] * math.ceil(self.global_batch / size)
+                batch_idx, order = order[: self.global_batch], order[self.global_batch :]
+                mine = [self.train_rows[i] for i in batch_idx[self.rank * cfg.micro_batch : (self.rank + 1) * cfg.micro_batch]]
+                ids, mask, labels = _pad(mine, self.pad_id, torch, self.device)
+                loss = engine(input_ids=ids, attention_mask=mask, labels=labels).loss
+                engine.backward(loss)
+                engine.step()
+                step_loss += float(loss.detach()) / cfg.grad_accum
+                tokens += float(mask.sum())
+            mean_loss = self.agree(step_loss, dist.ReduceOp.SUM) / self.world
+            first_loss = mean_loss if first_loss is None else first_loss
+            if not math.isfinite(mean_loss) or mean_loss > cfg.diverge_factor * first_loss:
+                return (f"diverged at size {size}, step {step + 1}/{steps}: training loss {mean_loss:.4g} "
+                        f"(first {first_loss:.4g}); lower ProbeConfig.lr={cfg.lr:g}")
+            rss = self.agree(peak_rss_gb(), dist.ReduceOp.MAX)
+            if cfg.max_rss_gb and rss > cfg.max_rss_gb:
+                return (f"out of memory at size {size}: worker peak RSS {rss:.2f} GB exceeds "
+                        f"ProbeConfig.max_rss_gb={cfg.max_rss_gb:g}; lower micro_batch or raise the limit")
+        return _Train(engine, steps, trainable, before, first_loss, mean_loss, tokens, time.perf_counter() - train_start)
+
+    def observe(self, size: int, n_params: int, run: _Train, restarts: int, start: float) -> dict[str, Any] | str:
+        """Evaluate the fine-tuned model: the Observation of `size` (as a dict), or why not."""
+        import numpy as np
+
+        cfg, module = self.cfg, run.engine.module
+        loss = self.evaluate(module)
+        if not math.isfinite(loss):
+            return f"diverged at size {size}: held-out loss is {loss}; lower ProbeConfig.lr={cfg.lr:g}"
+        task: dict[str, Any] = {}
+        if cfg.metric == "task":
+            task = _task_metric(module, self.spec, self.config, self.tokenizer, self.rank, self.world, self.torch, self.device)
+        tokens = self.agree(run.tokens, self.dist.ReduceOp.SUM)
+        delta = math.sqrt(sum(float((p.detach() - run.before[n]).float().pow(2).sum()) for n, p in run.trainable))
+        extra: dict[str, Any] = {
+            "steps": run.steps,
+            "lr": cfg.lr,
+            "zero_shot_loss": self.zero_shot,
+            "eval_loss": loss,
+            "train_loss_first": run.first_loss,
+            "train_loss_last": run.last_loss,
+            "weight_delta": delta,
+            "n_params": n_params,
+            "trainable_params": sum(p.numel() for _, p in run.trainable),
+            "train_s": run.train_s,
+            "tokens_per_s": tokens / run.train_s if run.train_s > 0 else 0.0,
+            "peak_rss_gb": self.agree(peak_rss_gb(), self.dist.ReduceOp.MAX),
+            "num_workers": self.world,
+            "zero_stage": self.config["ds_config"]["zero_optimization"]["stage"],
+            "lora": cfg.lora,
+            "restarts": restarts,
+            **self.config["data_counts"],
+            **task,
+        }
+        if self.ntk is not None:
+            f, log_f = ntk_term(self.ntk, cfg.lr, run.steps)
+            extra |= {
+                "ntk_F": f, "ntk_log_F": log_f,
+                "ntk_theta_mean": float(np.mean(self.ntk.theta)), "ntk_residual_mean": float(np.mean(self.ntk.residual)),
+                "ntk_t": run.steps, "ntk_eta": cfg.lr, "ntk_examples": len(self.ntk.theta),
+            }
+        return {
+            "candidate": self.spec.candidate, "size": size, "loss": task.get("error_smoothed", loss), "tokens": int(tokens),
+            "flops": 6.0 * n_params * tokens, "wall_s": time.perf_counter() - start, "extra": extra,
+        }
+
+
+def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker loop: for each size, reload, fine-tune with DeepSpeed, evaluate, report."""
+    import gc
+    import logging
+
+    import deepspeed
+    import ray.train
+    import torch
+    import torch.distributed as dist
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    worker = _Worker(config, torch, dist, ray.train.get_context())
+    observations, restarts = _resume_state(ray.train.get_checkpoint())
+    finished = {o["size"] for o in observations}
+    error = None
+    for size in [d for d in worker.spec.data.sizes if d not in finished]:
+        start = time.perf_counter()
+        loaded = worker.load()
+        if isinstance(loaded, str):
+            error = loaded
+            break
+        model, n_params = loaded
+        run = worker.train(model, size)
+        if isinstance(run, str):
+            error = run
+            break
+        obs = worker.observe(size, n_params, run, restarts, start)
+        if isinstance(obs, str):
+            error = obs
+            break
+        observations.append(obs)
+        _report(obs, observations, restarts, worker.rank)
+        del run, model, loaded  # the next size starts again from the pretrained weights
+        gc.collect()
+        if config["use_gpu"]:
+            torch.cuda.empty_cache()
+    return {"observations": observations, "error": error}
+
+
+PROGRESS_FILE = "probe_progress.json"
+"""A probe's checkpoint: the Observations it finished and how often its workers restarted. Every
+size starts again from the pretrained weights, so this is all a restarted worker group needs."""
+
+
+def _resume_state(checkpoint) -> tuple[list[dict[str, Any]], int]:
+    """(finished observations, restarts so far) of a worker group restarted from `checkpoint`."""
+    if checkpoint is None:
+        return [], 0
+    with checkpoint.as_directory() as folder:
+        state = json.loads((Path(folder) / PROGRESS_FILE).read_text())
+    return state["observations"], state["restarts"] + 1
+
+
+def _report(obs: dict[str, Any], observations: list[dict[str, Any]], restarts: int, rank: int) -> None:
+    """Report one size, with rank 0's checkpoint of everything finished so far."""
+    import tempfile
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"observations": observations, "restarts": restarts}))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(obs, checkpoint=checkpoint)

@@ -1,0 +1,2 @@
+"""The Selection's ranking (`rank`) and its files for people and programs (`files`, `plot`).
+"""

@@ -1,0 +1,60 @@
+"""The Tune trial: one Probe of one Candidate, reporting an Observation per subset size.
+
+Runs in a Ray worker. `config` is {"candidate": name}; `job` (shipped once through the object
+store with `tune.with_parameters`) holds the SelectConfig, the Pool's Candidates by name and the
+sizes an interrupted run already observed ("skip"). The probe backend (lensray.probe.base) does
+the probing; this function only works out which sizes are left.
+
+Failures: a probe that fails on its own (a ProbeError: bad data, divergence, out of memory, a
+model that cannot load) reports {"candidate", FAILED_KEY: reason} and ends, so the scheduler
+records it and Tune does not retry it. Only a trial that dies (its node lost, its process
+killed) raises inside Tune, which retries it (`resources.max_failures`): it resumes after the
+sizes in its checkpoint (`report_with_progress`) or the side file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lensray.core.types import Observation
+
+DONE_FILE = "sizes_done.json"
+FAILED_KEY = "failed"
+"""Result key of a probe that failed on its own; its value is the one-line reason."""
+
+
+def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+    from ray import tune
+
+    from lensray.core.errors import ProbeError
+    from lensray.probe.base import get_backend
+
+    cfg = job["config"]
+    candidate = job["candidates"][config["candidate"]]
+    skip = set(job["skip"].get(candidate.name, ())) | _sizes_done(tune.get_checkpoint())
+    sizes = [s for s in cfg.plan.resolved_sizes() if s not in skip]
+    if not sizes:
+        return
+    try:
+        get_backend(cfg.backend).run(cfg, candidate, sizes, tune.get_context().get_trial_id())
+    except ProbeError as e:
+        tune.report({"candidate": candidate.name, FAILED_KEY: e.reason})
+
+
+def report_with_progress(tune, obs: Observation, done: set[int]) -> None:
+    """Report `obs` to Tune with a checkpoint of the sizes `done`, so a paused or retried trial
+    continues after them (every size is fine-tuned afresh, so that is all its state)."""
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / DONE_FILE).write_text(json.dumps(sorted(done)))
+        tune.report(obs.to_dict(), checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _sizes_done(checkpoint) -> set[int]:
+    """Sizes a paused (or restarted) probe already reported."""
+    if checkpoint is None:
+        return set()
+    with checkpoint.as_directory() as folder:
+        return set(json.loads((Path(folder) / DONE_FILE).read_text()))

@@ -1,0 +1,179 @@
+"""docs/benchmarks.md's generator (lensray.bench.docs): the tables hold the benches' figures.
+
+Runs `bench curves` in-process on the packaged curves (three methods, a few seconds, no Ray) and
+feeds hand-made `bench select` / `scale` / `probe` results of the shape those benches return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+import pytest
+
+import lensray.bench.curves as bench_curves_module
+from lensray.bench import docs
+from lensray.bench.curves import GAMMAS, bench_curves, bench_json, budgets, fmt, round2, run_bench_curves
+from lensray.core.curves import packaged_curves, read_curves
+from lensray.predict.methods import predict
+from lensray.predict.metrics import pearcorr, relacc
+
+METHODS = ["AtS", "ZeroShot", "local"]
+ONE_FIT_MS = {"local": 0.123, "LensLLM": 1.5, "RectifiedFit": 1.75}
+
+
+def select_cell(relacc_, pearcorr_, frac, full):
+    return {"relacc": relacc_, "pearcorr": pearcorr_, "fraction_of_all_probes": frac, "fraction_of_full": full}
+
+
+# `bench_select`'s shape: {dataset: {gamma: cell}}, every gamma of GAMMAS; `mine` is not packaged.
+SELECT = {
+    "flan": {f"1/{g}": select_cell(100.0, 80.12, 0.2101, 0.012345) for g in GAMMAS}
+    | {"1/16": select_cell(85.0, 70.0, 0.55, 0.00612), "1/32": dict.fromkeys(select_cell(0, 0, 0, 0))},
+    "mine": {"1/8": select_cell(99.0, 50.0, 0.3, 0.001)},
+}
+SCALE = {"candidates": 1000, "wall_s": 27.03, "scheduler_share": 0.02612, "synchronous": False,
+         "fraction_of_all_probes": 0.2511}
+PROBE = {"model": "llama-copy-96", "size": 1024, "num_workers": 1, "zero_stage": 2, "lora": False,
+         "tokens": 123456, "train_s": 13.5, "tokens_per_s": 9087.3, "wall_s": 40.2,
+         "worker_peak_rss_gb": 0.62, "driver_peak_rss_gb": 0.4, "loss": 1.2345}
+
+
+@pytest.fixture(scope="module")
+def curves_result():
+    return bench_curves(packaged_curves(), METHODS)
+
+
+@pytest.fixture(scope="module")
+def curves_doc(curves_result):
+    return bench_json(curves_result, ONE_FIT_MS, packaged_curves(), packaged=True)
+
+
+@pytest.fixture()
+def page(tmp_path, curves_doc):
+    """The generated page from all four JSON files, and their paths."""
+    paths = {}
+    for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE)):
+        paths[kind] = tmp_path / f"bench-{kind}.json"
+        paths[kind].write_text(json.dumps(doc))
+    return docs.generate(list(paths.values())), paths
+
+
+def section(text: str, title: str) -> str:
+    """The part of `text` from the heading `title` to the next heading of its level or above."""
+    level = title.split(" ")[0]
+    start = text.index(title + "\n")
+    rest = text[start + len(title) + 1:]
+    ends = [i for i in (rest.find("\n" + h + " ") for h in ("#" * n for n in range(1, len(level) + 1))) if i >= 0]
+    return text[start:start + len(title) + 1 + (min(ends) if ends else len(rest))]
+
+
+def test_bench_curves_json_holds_every_figure_the_tables_need(curves_result, curves_doc):
+    assert list(curves_doc) == ["scores", "level", "coverage", "pair_coverage", "budgets", "wall_s",
+                                "fit_ms_median", "one_fit_ms", "notes", "data", "packaged", "machine"]
+    assert curves_doc["scores"] == curves_result.scores
+    assert curves_doc["coverage"] == curves_result.coverage
+    assert curves_doc["pair_coverage"] == curves_result.pair_coverage
+    assert curves_doc["budgets"]["flan"]["1/8"] == 204800 and curves_doc["one_fit_ms"] == ONE_FIT_MS
+    assert set(curves_doc["fit_ms_median"]) == set(METHODS)
+    assert curves_doc["machine"]["cpus"] == os.cpu_count() and curves_doc["machine"]["processor"]
+    assert curves_doc["data"] == [str(p) for p in packaged_curves()]
+    json.dumps(curves_doc)  # plain JSON all the way down
+
+
+def test_the_cli_writes_bench_json(tmp_path, monkeypatch, curves_result, capsys):
+    monkeypatch.setattr(bench_curves_module, "bench_curves", lambda paths: curves_result)
+    monkeypatch.setattr(bench_curves_module, "time_one_fit", lambda m: ONE_FIT_MS[m])
+    out = tmp_path / "c.json"
+    assert run_bench_curves(None, str(out)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["scores"] == json.loads(json.dumps(curves_result.scores)) and doc["packaged"] is True
+    assert doc["one_fit_ms"] == ONE_FIT_MS
+    assert "one candidate's fit, local" in capsys.readouterr().out  # the printout is unchanged
+
+
+def test_the_first_line_says_the_page_is_generated(page):
+    text, _ = page
+    first = text.splitlines()[0]
+    assert first == docs.FIRST_LINE
+    assert "make docs" in first and "make bench" in first and "do not edit it by hand" in first
+    assert f"Measured on a {os.cpu_count()}-core machine" in text
+
+
+def test_curves_tables_hold_the_bench_figures(page, curves_doc):
+    text, paths = page
+    curves = section(text, "## Predictor on recorded curves")
+    assert f"Command: `lensray bench curves --json {paths['curves']}`" in curves
+    flan = section(curves, "### flan")
+    cell = curves_doc["scores"]["flan"]["local"]["1/8"]
+    row = next(line for line in flan.splitlines() if line.startswith("| `local` |"))
+    assert row.split(" | ")[1] == f"{fmt(cell['pearcorr'])} / {fmt(cell['relacc'])}"
+    assert row.count("|") == len(GAMMAS) + 2
+    assert "| method | " + " | ".join(f"1/{g}" for g in GAMMAS) + " |" in flan
+    # the coverage tables, in whole percent
+    cov = f"{100 * curves_doc['coverage']['flan']['local']['1/8']:.0f}"
+    pairs = f"{100 * curves_doc['pair_coverage']['flan']['local']['1/8']:.0f}"
+    cov_rows = [line for line in flan.splitlines() if line.startswith("| `local` |")]
+    assert len(cov_rows) == 3 and cov_rows[1].split(" | ")[1] == cov and cov_rows[2].split(" | ")[1] == pairs
+    assert "`ZeroShot`" not in flan.split("Coverage of the 90% intervals at T")[1]  # it fits no curve
+    # the summary over both data sets
+    cells = [c for ds in ("flan", "wmt19") for c in curves_doc["scores"][ds]["local"].values()]
+    mean = statistics.mean(c["pearcorr"] for c in cells)
+    worst = min(c["relacc"] for c in cells)
+    assert f"| `local` | {fmt(mean)} | {fmt(worst)} | 14 of 14 |" in section(curves, "### Summary over all data sets")
+    speed = section(curves, "### Speed")
+    assert f"- whole bench, 2 data set(s): {curves_doc['wall_s']:.2f} s" in speed
+    assert "- one candidate's fit, `local`: 0.12 ms median (alone, budget T/64)" in speed
+
+
+def test_select_table_sits_beside_ats_at_the_same_budget(page):
+    text, _ = page
+    flan_md = section(section(text, "## Replay sweeps through Tune"), "### flan")
+    flan = read_curves(next(p for p in packaged_curves() if p.stem == "flan"))
+    truth, target = flan.losses[:, -1], int(flan.sizes[-1])
+    b = dict(budgets(flan))
+    for label, budget in (("1/8", b["1/8"]), ("1/16", b["1/16"])):
+        ats = predict("AtS", flan.upto(budget), target)
+        ra, pc = fmt(round2(relacc(ats.selected, truth))), fmt(round2(pearcorr(ats.scores, truth)))
+        row = next(line for line in flan_md.splitlines() if line.startswith(f"| {label} |"))
+        cols = row.strip("| ").split(" | ")
+        assert cols[:6] == [label, str(budget), fmt(SELECT["flan"][label]["relacc"]), ra,
+                            fmt(SELECT["flan"][label]["pearcorr"]), pc]
+    assert "| 1/8 | 204800 | 100.0 |" in flan_md and "| 0.210 | 0.0123 | met |" in flan_md
+    row16 = next(line for line in flan_md.splitlines() if line.startswith("| 1/16 |"))
+    assert "RelAcc below AtS by" in row16 and "cost over 0.5 by 0.050" in row16
+    assert "| 1/32 | 51200 | n/a |" in flan_md
+    mine = section(section(text, "## Replay sweeps through Tune"), "### mine")
+    assert "not a packaged data set: no AtS columns" in mine and "AtS RelAcc" not in mine
+    assert "| 1/8 | ? | 99.0 | 50.0 | 0.300 | 0.001 |" in mine
+
+
+def test_scale_and_probe_tables(page):
+    text, paths = page
+    scale = section(text, "## Scale")
+    assert f"`lensray bench scale --candidates 1000 --json {paths['scale']}`" in scale
+    assert "| 1000 | asynchronous | 27.0 | 0.0261 | 0.251 |" in scale
+    probe = section(text, "## Probe throughput")
+    assert "| `tokens_per_s` | 9087 |" in probe and "| `lora` | false |" in probe
+    assert all(f"| `{k}` |" in probe for k in PROBE)
+
+
+def test_a_missing_file_says_which_command_makes_it(tmp_path, curves_doc, capsys):
+    (tmp_path / "bench-curves.json").write_text(json.dumps(curves_doc))
+    missing = tmp_path / "bench-select.json"
+    text = docs.generate([tmp_path / "bench-curves.json", missing])
+    line = f"`{missing}` is missing: run `lensray bench select --json {missing}` (or `make bench`) to make it."
+    assert line in section(text, "## Replay sweeps through Tune")
+    assert line in capsys.readouterr().err
+    assert "## Scale" not in text  # not asked for
+
+
+def test_main_writes_the_page_and_refuses_what_no_bench_wrote(tmp_path, curves_doc, capsys):
+    (tmp_path / "c.json").write_text(json.dumps(curves_doc))
+    out = tmp_path / "docs" / "benchmarks.md"
+    assert docs.main(["--out", str(out), str(tmp_path / "c.json")]) == 0
+    assert out.read_text().startswith(docs.FIRST_LINE + "\n")
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    assert docs.main(["--out", str(out), str(tmp_path / "x.json")]) == 2
+    assert "not the JSON of a bench" in capsys.readouterr().err
