@@ -337,7 +337,6 @@ def _select(args: argparse.Namespace) -> int:
         print(f"no CONFIG given: running the demo config {DEMO_CONFIG} (copy it to start your own)", flush=True)
     from lensray.pipeline import run_select
     from lensray.report.rank import unreliable_finishers
-    from lensray.sweep.run import experiment_storage
 
     cfg = _load(args)
     selection = run_select(cfg, resume=args.resume, quiet=args.quiet)
@@ -351,7 +350,7 @@ def _select(args: argparse.Namespace) -> int:
     if cost["fraction_of_all_probes"] is not None:
         print(f"compute: {cost['fraction_of_all_probes']:.1%} of probing every candidate to the budget, "
               f"{cost['fraction_of_full']:.2%} of fine-tuning every candidate at T")
-    print(f"report: {experiment_storage(cfg).uri('report.md')} (selection.json, observations.parquet, curves.png)")
+    print(f"report: {cfg.storage().uri('report.md')} (selection.json, observations.parquet, curves.png)")
     return 0
 
 

@@ -24,12 +24,12 @@ from lensray.report.files import write_report
 from lensray.report.rank import build_selection
 from lensray.stages.base import get_stage
 from lensray.sweep.record import STATE_FILE
-from lensray.sweep.run import experiment_storage, run_sweep
+from lensray.sweep.run import run_sweep
 
 
 def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> Selection:
     """Run (or resume) the whole pipeline and write the report files."""
-    storage = experiment_storage(cfg)
+    storage = cfg.storage()
     storage.pull(STATE_FILE)
     if (storage.local / STATE_FILE).exists() and not resume:
         raise ConfigError(

@@ -23,7 +23,6 @@ from lensray.config.schema import PlanConfig, SelectConfig
 from lensray.core.errors import ConfigError
 from lensray.pipeline import run_select
 from lensray.predict.metrics import pearcorr, relacc
-from lensray.sweep.run import experiment_storage
 
 
 def verify_config(cfg: SelectConfig) -> SelectConfig:
@@ -40,7 +39,7 @@ def verify_config(cfg: SelectConfig) -> SelectConfig:
 
 def run_verify(cfg: SelectConfig) -> dict:
     """Fine-tune every candidate at T (resuming a partial verification) and score the selection."""
-    storage = experiment_storage(cfg)
+    storage = cfg.storage()
     storage.pull("selection.json")
     path = storage.local / "selection.json"
     if not path.is_file():

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def zoo_dir() -> Path:
-    """A built zoo (lensray.zoo), shared by the whole session."""
+    """A built zoo (lensray.zoo.build), shared by the whole session."""
     from lensray.zoo.build import build_zoo
 
     root = Path(os.environ.get("LENSRAY_TEST_ZOO", REPO / "zoo"))

@@ -17,7 +17,14 @@ from urllib.request import Request, urlopen
 
 import pytest
 import yaml
-from test_cluster import BIN, _free_ports, _node_ports, _wait_for_nodes, replay_config, wait_until
+from test_cluster import (
+    BIN,
+    _free_ports,
+    _node_ports,
+    _wait_for_nodes,
+    replay_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 

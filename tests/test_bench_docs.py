@@ -1,20 +1,31 @@
 """docs/benchmarks.md's generator (lensray.bench.docs): the tables hold the benches' figures.
 
 Runs `bench curves` in-process on the packaged curves (three methods, a few seconds, no Ray) and
-feeds hand-made `bench select` / `scale` / `probe` results of the shape those benches return.
+feeds hand-made `bench select` / `scale` / `probe` results of the shape those benches return, and
+hand-made `lensray verify --json` results of the shape lensray/verify.py writes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
+from pathlib import Path
 
 import pytest
 
 import lensray.bench.curves as bench_curves_module
 from lensray.bench import docs
-from lensray.bench.curves import GAMMAS, bench_curves, bench_json, budgets, fmt, round2, run_bench_curves
+from lensray.bench.curves import (
+    GAMMAS,
+    bench_curves,
+    bench_json,
+    budgets,
+    fmt,
+    round2,
+    run_bench_curves,
+)
 from lensray.core.curves import packaged_curves, read_curves
 from lensray.predict.methods import predict
 from lensray.predict.metrics import pearcorr, relacc
@@ -35,6 +46,13 @@ SELECT = {
 }
 SCALE = {"candidates": 1000, "wall_s": 27.03, "scheduler_share": 0.02612, "synchronous": False,
          "fraction_of_all_probes": 0.2511}
+# `run_verify`'s shape (lensray/verify.py), as `lensray verify --json` writes it.
+VERIFY_DEMO = {"relacc": 100.0, "pearcorr": 62.9137, "fraction_of_full": 0.09041, "selected": "llama-copy-96",
+               "best": "llama-copy-96", "loss_at_target": {"llama-copy-96": 0.00023, "neox-copy-48": 0.00027}}
+VERIFY_SDE = {"relacc": 77.6012, "pearcorr": 26.44, "fraction_of_full": 0.2214,
+              "selected": "mistral-text-96+inst-first.loss-off.json.omit.text.direct", "best": "llama-text-32+es-sde",
+              "loss_at_target": {"mistral-text-96+inst-first.loss-off.json.omit.text.direct": 0.214,
+                                 "llama-text-32+es-sde": 0.147}}
 PROBE = {"model": "llama-copy-96", "size": 1024, "num_workers": 1, "zero_stage": 2, "lora": False,
          "tokens": 123456, "train_s": 13.5, "tokens_per_s": 9087.3, "wall_s": 40.2,
          "worker_peak_rss_gb": 0.62, "driver_peak_rss_gb": 0.4, "loss": 1.2345}
@@ -177,3 +195,74 @@ def test_main_writes_the_page_and_refuses_what_no_bench_wrote(tmp_path, curves_d
     (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
     assert docs.main(["--out", str(out), str(tmp_path / "x.json")]) == 2
     assert "not the JSON of a bench" in capsys.readouterr().err
+
+
+def test_verify_runs_are_one_table_each_titled_by_its_stem(tmp_path, curves_doc, capsys):
+    paths = {"curves": tmp_path / "bench-curves.json", "demo": tmp_path / "verify-demo.json",
+             "sde": tmp_path / "verify-sde-demo.json", "mine": tmp_path / "verify-mine.json"}
+    paths["curves"].write_text(json.dumps(curves_doc))
+    paths["demo"].write_text(json.dumps(VERIFY_DEMO))
+    paths["sde"].write_text(json.dumps(VERIFY_SDE))
+    missing = tmp_path / "verify-other.json"
+    text = docs.generate([paths["curves"], paths["demo"], paths["sde"], missing])
+    demos = section(text, "## Demos: the selection against the truth at T")
+    assert "| run | command | selected | best | RelAcc | PearCorr | fraction_of_full |" in demos
+    assert (f"| `verify-demo` | `lensray select`, then `lensray verify --json {paths['demo']}` | "
+            "`llama-copy-96` | `llama-copy-96` | 100.0 | 62.9 | 0.090 |") in demos
+    assert (f"| `verify-sde-demo` | `lensray select configs/sde-demo.yaml`, then `lensray verify "
+            f"configs/sde-demo.yaml --json {paths['sde']}` | "
+            "`mistral-text-96+inst-first.loss-off.json.omit.text.direct` | `llama-text-32+es-sde` | "
+            "77.6 | 26.4 | 0.221 |") in demos
+    assert demos.index("`verify-demo`") < demos.index("`verify-sde-demo`")  # in the order given
+    # a missing one says which commands make it; a stem make bench does not run names CONFIG
+    line = (f"`{missing}` is missing: run `lensray select CONFIG`, then `lensray verify CONFIG --json "
+            f"{missing}` (or `make bench`) to make it.")
+    assert line in demos and line in capsys.readouterr().err
+    assert "## Probe throughput" not in text  # not asked for
+    # a None figure (constant losses) is n/a; the file's stem is all that names the run
+    paths["mine"].write_text(json.dumps(VERIFY_DEMO | {"pearcorr": None, "fraction_of_full": None}))
+    mine = section(docs.generate([paths["mine"]]), "## Demos: the selection against the truth at T")
+    assert "| `verify-mine` | `lensray select CONFIG`, then `lensray verify CONFIG --json" in mine
+    assert "| 100.0 | n/a | n/a |" in mine
+
+
+def test_two_verify_runs_of_one_name_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "verify-demo.json").write_text(json.dumps(VERIFY_DEMO))
+    with pytest.raises(docs.DocsError, match="two verify runs named verify-demo"):
+        docs.generate([tmp_path / "a" / "verify-demo.json", tmp_path / "b" / "verify-demo.json"])
+
+
+def test_the_defaults_with_nothing_there_name_every_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = docs.generate()
+    for kind in docs.KINDS:
+        assert f"`out/bench-{kind}.json` is missing: run `{docs.MAKES[kind].format(path=f'out/bench-{kind}.json')}`" in text
+    assert ("`out/verify-demo.json` is missing: run `lensray select`, then `lensray verify --json "
+            "out/verify-demo.json` (or `make bench`) to make it.") in text
+    assert ("`out/verify-sde-demo.json` is missing: run `lensray select configs/sde-demo.yaml`, then "
+            "`lensray verify configs/sde-demo.yaml --json out/verify-sde-demo.json` (or `make bench`)") in text
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of `markdown` (outside code blocks)."""
+    out, code = set(), False
+    for line in markdown.splitlines():
+        code ^= line.startswith("```")
+        if not code and (m := re.match(r"#+ (.*)", line)):
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
+def test_the_pages_links_land_on_headings_of_the_design_notes(page, tmp_path):
+    text, _ = page
+    (tmp_path / "verify-demo.json").write_text(json.dumps(VERIFY_DEMO))
+    text += docs.generate([tmp_path / "verify-demo.json"])
+    root = Path(__file__).resolve().parents[1] / "docs"
+    links = re.findall(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)", text)
+    assert {"predictor.md", "sweep.md"} <= {f for f, _ in links}
+    for file, anchor in links:
+        assert (root / file).is_file(), file
+        assert not anchor or anchor in anchors((root / file).read_text()), f"{file}#{anchor}"

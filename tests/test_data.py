@@ -1,4 +1,4 @@
-"""lensray.data: config validation, loading and field errors, templates and loss masking,
+"""lensray.data.dataset: config validation, loading and field errors, templates and loss masking,
 overflow handling, the tokenised cache, nested subsets and the fixed held-out split; sample
 designs over structured and plain data, and the held-out prompts and references a task metric
 scores."""
@@ -12,9 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from lensray.data.dataset import IGNORE_INDEX, DataConfig, prepare_data, tokenizer_fingerprint
 from lensray.core.errors import DataError
-from lensray.data.design import TargetSchema, design_from_config, render, score, score_plain
+from lensray.data.dataset import (
+    IGNORE_INDEX,
+    DataConfig,
+    prepare_data,
+    tokenizer_fingerprint,
+)
+from lensray.data.design import (
+    TargetSchema,
+    design_from_config,
+    render,
+    score,
+    score_plain,
+)
 from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples, task_examples
 
 
@@ -162,7 +173,7 @@ def test_other_local_formats(suffix, tmp_path, tokenizer):
     assert len(data.train) + len(data.eval) == 80
 
 
-# Sample designs (lensray.design): structured records and plain data rendered under a design.
+# Sample designs (lensray.data.design): structured records and plain data rendered under a design.
 
 LOSS_ON_COT = "inst-last.loss-on.json.omit.num.cot"
 DESIGNS = ("es-sde", LOSS_ON_COT, "inst-none.loss-off.sentence.ph.text.ans-cot", "inst-first.loss-on.lines.omit.num.direct")

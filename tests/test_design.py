@@ -1,4 +1,4 @@
-"""lensray.design: each design option's rendering, parse(render) round trips over every design,
+"""lensray.data.design: each design option's rendering, parse(render) round trips over every design,
 parsing of decoded and malformed outputs and their scores, design config errors, plain data,
 and the zoo's multi-aspect task (determinism, coverage, bounded vocabulary)."""
 
@@ -12,7 +12,18 @@ import sys
 import pytest
 import yaml
 
-from lensray.data.design import DESIGN_OPTIONS, PRESETS, SampleDesign, TargetSchema, design_from_config, parse_output, render, render_plain, score, score_plain
+from lensray.data.design import (
+    DESIGN_OPTIONS,
+    PRESETS,
+    SampleDesign,
+    TargetSchema,
+    design_from_config,
+    parse_output,
+    render,
+    render_plain,
+    score,
+    score_plain,
+)
 from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples
 
 S = ASPECT_SCHEMA

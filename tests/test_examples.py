@@ -11,9 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from lensray.config.load import config_from_dict
+from lensray.config.load import config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,3 +53,26 @@ def test_hub_gpu_config_resolves(tmp_path: Path) -> None:
     assert list(cfg.data.sizes) == sizes
     assert (cfg.plan.budget, cfg.plan.target) == (8192, 262144)
     assert cfg.output == str(tmp_path / "out")
+
+
+def readme_block(start: str) -> str:
+    """The text of the README's heredoc that opens with `start` (up to its EOF line)."""
+    text = (REPO / "README.md").read_text()
+    body = text[text.index(start) + len(start):]
+    return body[: body.index("\nEOF\n")].lstrip("\n")
+
+
+@pytest.mark.slow
+def test_the_readme_laptop_quickstart_config_resolves_on_a_users_jsonl(tmp_path: Path, zoo_dir: Path) -> None:
+    """The README's laptop quickstart, as a user follows it: the zoo in ./zoo, the config it
+    writes, a JSONL file of their own with budget + eval_size rows; every model path is found
+    in the zoo, the data file is checked, and the probes are those of the README."""
+    (tmp_path / "zoo").symlink_to(zoo_dir)
+    (tmp_path / "laptop.yaml").write_text(readme_block("cat > laptop.yaml <<'EOF'"))
+    rows = [{"prompt": f"translate : a b c d {chr(97 + i % 16)} ->", "response": "b c d e f"} for i in range(384)]
+    (tmp_path / "my.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(tmp_path / "laptop.yaml")
+    assert cfg.backend == "hf" and cfg.data.path == str(tmp_path / "my.jsonl")
+    for m in cfg.pool.models:
+        assert Path(m.path) == (tmp_path / "zoo" / "models" / m.name).resolve() and (Path(m.path) / "config.json").is_file()
+    assert cfg.plan.resolved_sizes() == [32, 64, 128, 256] and cfg.resources.gpus_per_worker == 0

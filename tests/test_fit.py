@@ -5,8 +5,8 @@ import pytest
 
 from lensray.predict.fit import FitConfig
 from lensray.predict.grid import fit_law
-from lensray.predict.local import fit_local, local_noise
 from lensray.predict.laws import rectified, vanilla
+from lensray.predict.local import fit_local, local_noise
 
 SIZES = 200 * 2.0 ** np.arange(12)  # 200 ... 409600
 TARGET = int(SIZES[-1] * 8)

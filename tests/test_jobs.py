@@ -4,8 +4,8 @@ the real submissions are in test_cluster.py)."""
 import pytest
 
 from lensray.cli import main
-from lensray.core.errors import ConfigError
 from lensray.cluster.jobs import plan_submission
+from lensray.core.errors import ConfigError
 
 
 def write(tmp_path, text: str):

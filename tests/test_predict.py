@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from lensray.bench.curves import GAMMAS, bench_curves
-from lensray.predict.metrics import pair_coverage, pearcorr, relacc
-from lensray.core.errors import CurveError
 from lensray.core.curves import packaged_curves, read_curves
+from lensray.core.errors import CurveError
 from lensray.core.types import CurveFit
 from lensray.predict.methods import METHODS, get_method, predict
+from lensray.predict.metrics import pair_coverage, pearcorr, relacc
 
 # Lin et al. 2024, as reproduced in shared/benchmarks/finetune-curves/README.md:
 # (PearCorr, RelAcc) per gamma 1/8 ... 1/512.

@@ -1,4 +1,4 @@
-"""lensray.probe (hf backend) and lensray.ntk, end to end on the zoo with a local Ray.
+"""lensray.probe (hf backend) and lensray.probe.hf.ntk, end to end on the zoo with a local Ray.
 
 Slow tests fine-tune zoo models through a Ray Train V2 TorchTrainer running DeepSpeed on CPU
 (gloo), on nested subsets of 8/16/32 examples of the zoo's task with 16-token contexts.
@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from lensray.data.dataset import DataConfig, prepare_data
-from lensray.probe.hf.ntk import NTKStats, diag_ntk, ntk_term
-from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 from lensray.core.errors import ProbeError
+from lensray.data.dataset import DataConfig, prepare_data
 from lensray.probe.hf.deepspeed import builtin_deepspeed_template, fill_deepspeed_config
 from lensray.probe.hf.driver import run_probe
 from lensray.probe.hf.loading import load_tokenizer
+from lensray.probe.hf.ntk import NTKStats, diag_ntk, ntk_term
+from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (8, 16, 32)

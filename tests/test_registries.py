@@ -119,6 +119,8 @@ def test_a_sweep_with_no_report_for_a_while_says_what_its_probes_wait_for(monkey
     from lensray.sweep import run
     from lensray.sweep.rule import StoppingRule
 
+    if ray.is_initialized():  # an earlier test's Ray, of another size
+        ray.shutdown()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         monkeypatch.setattr(run, "WAIT_NOTE_S", 0.0)

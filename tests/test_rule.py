@@ -3,8 +3,8 @@ from the side file. Pure numpy: nothing here needs Ray."""
 
 import numpy as np
 import pytest
-
 from conftest import SIZES, TARGET, curve, feed
+
 from lensray.config.schema import SchedulerConfig
 from lensray.core.types import Action, Observation, Status
 from lensray.sweep.record import SweepRecord, read_state

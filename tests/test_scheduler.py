@@ -4,9 +4,9 @@ synchronous rungs, pending trials, and save/restore."""
 import json
 from types import SimpleNamespace
 
+from conftest import SIZES, TARGET, curve, feed
 from ray.tune.schedulers import TrialScheduler
 
-from conftest import SIZES, TARGET, curve, feed
 from lensray.config.schema import SchedulerConfig
 from lensray.core.types import Observation, Status
 from lensray.sweep.record import SweepRecord, read_state

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lensray.core.errors import ConfigError
 from lensray.config.load import config_from_dict
+from lensray.core.errors import ConfigError
 from lensray.data.design import DESIGN_OPTIONS, PRESETS, SampleDesign
 from lensray.zoo.build import ASPECT_SCHEMA
 
@@ -84,9 +84,9 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
     from transformers import AutoModelForCausalLM
 
     from lensray.data.dataset import DataConfig, prepare_data
+    from lensray.probe.hf.loading import load_tokenizer
     from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
     from lensray.probe.hf.worker import _generate
-    from lensray.probe.hf.loading import load_tokenizer
 
     entry = zoo_manifest["by_name"]["mistral-text-96"]
     spec = ProbeSpec(candidate="m", model=entry["path"], data=DataConfig(
@@ -111,8 +111,8 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
 @pytest.mark.slow
 def test_a_task_metric_probe_reports_the_smoothed_error_of_its_generations(zoo_manifest, ray_local, tmp_path):
     from lensray.data.dataset import DataConfig
-    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
     from lensray.probe.hf.driver import run_probe
+    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 
     spec = ProbeSpec(
         candidate="mistral-text-96+es-sde", model=zoo_manifest["by_name"]["mistral-text-96"]["path"],

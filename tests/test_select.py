@@ -8,13 +8,12 @@ from dataclasses import replace
 import pyarrow.parquet as pq
 import pytest
 
-from lensray.core.errors import ConfigError
 from lensray.config.load import config_from_dict, load_config
 from lensray.core.curves import packaged_curves, read_curves
+from lensray.core.errors import ConfigError
+from lensray.core.types import Selection, Status
 from lensray.pipeline import run_select
-from lensray.core.types import Selection
 from lensray.report.files import _markdown
-from lensray.core.types import Status
 from lensray.sweep.record import read_state
 
 FINISHED, STOPPED = Status.FINISHED, Status.STOPPED

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lensray.core.errors import ConfigError
 from lensray.config.load import config_from_dict
+from lensray.core.errors import ConfigError
 from lensray.pipeline import run_select
 from lensray.verify import run_verify
 

@@ -1,4 +1,4 @@
-"""Experiment storage (lensray.storage): paths and URIs, and a replay sweep whose state and report
+"""Experiment storage (lensray.cluster.storage): paths and URIs, and a replay sweep whose state and report
 live in an S3 bucket, served on loopback by moto's S3-compatible server (no cloud account)."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from test_select import replay_raw
 
-from lensray.core.errors import ConfigError
-from lensray.config.load import config_from_dict
-from lensray.pipeline import run_select
 from lensray.cluster.storage import MARKER, Storage, claim_folder
-from lensray.core.errors import StorageError
+from lensray.config.load import config_from_dict
+from lensray.core.errors import ConfigError, StorageError
+from lensray.pipeline import run_select
 
 
 def test_uri_joins_before_the_query():

@@ -1,4 +1,4 @@
-"""lensray.zoo: the offline candidate pool loads like hub models, is cached and deterministic,
+"""lensray.zoo.build: the offline candidate pool loads like hub models, is cached and deterministic,
 and its task makes the fine-tuned ranking differ from the zero-shot and the size rankings; the
 aspect task is covered by the tokenizer under every sample design, fits the context, ships with
 the zoo and is known to the text and mix models."""
@@ -14,7 +14,20 @@ import pytest
 from lensray.cluster.storage import MARKER, claim_folder
 from lensray.core.errors import StorageError
 from lensray.data.design import TargetSchema, render
-from lensray.zoo.build import ASPECT_SCHEMA, ASPECT_SIZE, CONTEXT, ZOO, _aspect_doc, _aspect_words, _corpus_doc, all_designs, aspect_examples, build_tokenizer, build_zoo, task_examples
+from lensray.zoo.build import (
+    ASPECT_SCHEMA,
+    ASPECT_SIZE,
+    CONTEXT,
+    ZOO,
+    _aspect_doc,
+    _aspect_words,
+    _corpus_doc,
+    all_designs,
+    aspect_examples,
+    build_tokenizer,
+    build_zoo,
+    task_examples,
+)
 
 
 def test_manifest_lists_a_diverse_pool(zoo_manifest):

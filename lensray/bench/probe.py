@@ -28,7 +28,7 @@ def bench_probe(
 
     Returns {"model", "size", "num_workers", "zero_stage", "lora", "tokens", "train_s",
     "tokens_per_s", "wall_s", "worker_peak_rss_gb", "driver_peak_rss_gb", "loss"}. The zoo is
-    built first when missing (lensray.zoo). Runs on this machine's CPUs (or GPUs if Ray sees any).
+    built first when missing (lensray.zoo.build). Runs on this machine's CPUs (or GPUs if Ray sees any).
     """
     from lensray.zoo.build import build_zoo, load_manifest
 

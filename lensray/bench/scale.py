@@ -7,10 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lensray.bench.select import replay_config, sweep_name
-from lensray.core.errors import ConfigError
 from lensray.bench.synth import synthetic_curves
 from lensray.core.curves import read_curves
-
+from lensray.core.errors import ConfigError
 
 BUDGET = 3200
 """The budget of the scale sweep: T/512 of the synthetic curves' largest size."""

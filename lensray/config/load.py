@@ -129,7 +129,7 @@ def output_location(output: str) -> str:
 
 
 def check_output(output: str) -> None:
-    """An output path, or a storage URI pyarrow can open (lensray.storage), else ConfigError."""
+    """An output path, or a storage URI pyarrow can open (lensray.cluster.storage), else ConfigError."""
     try:
         storage.check_output(output)
     except storage.StorageError as err:

@@ -10,6 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from lensray.cluster.storage import Storage
 from lensray.core.errors import ConfigError
 from lensray.core.types import Candidate, ModelSpec
 from lensray.data.dataset import DataConfig
@@ -29,7 +30,7 @@ class PoolConfig:
     models: list[ModelSpec] = field(default_factory=list)
     """Models to choose from. For the replay backend, empty means every row of the curves file."""
     designs: list[str] = field(default_factory=list)
-    """Sample designs (lensray.design) to cross with the models: presets such as `es-sde`,
+    """Sample designs (lensray.data.design) to cross with the models: presets such as `es-sde`,
     design names such as `inst-last.loss-on.json.omit.num.cot`, or mappings of options (turned
     into their names). Each model x design is a Candidate named `<model>+<design>`. Empty = the
     models alone, each under `data.design`. More than one design needs `probe.metric: task`."""
@@ -186,7 +187,7 @@ class SelectConfig:
     section without a path uses the zoo's task."""
     output: str = "out"
     """Where the experiment state and the report files go: a folder (relative to the working folder),
-    a path every node mounts, or a storage URI such as s3://bucket/prefix (see lensray.storage)."""
+    a path every node mounts, or a storage URI such as s3://bucket/prefix (see lensray.cluster.storage)."""
     ray_address: str = ""
     """Ray cluster to join (`auto`, `ray://host:10001`, ...); empty = $RAY_ADDRESS, else a local Ray."""
     seed: int = 0
@@ -210,6 +211,10 @@ class SelectConfig:
         if self.data is None or not candidate.design:
             return self.data
         return dataclasses.replace(self.data, design=candidate.design)
+
+    def storage(self) -> Storage:
+        """Where this experiment's state and files live: `<output>/<name>/`, a folder or a URI."""
+        return Storage(self.output, self.name)
 
     def ranked_by(self) -> str:
         """The quantity fitted and ranked: `loss`, or `error` (1 - accuracy) with probe.metric task."""

@@ -20,7 +20,16 @@ from enum import Enum
 from typing import Any
 
 
-class Status(str, Enum):
+class _Word(str, Enum):
+    """An enum whose members are their string values in JSON, f-strings and comparisons."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class Status(_Word):
     """Where a Candidate stands in a sweep; the value is what selection.json and sweep.jsonl say."""
 
     RUNNING = "running"
@@ -28,23 +37,13 @@ class Status(str, Enum):
     STOPPED = "stopped early"
     FAILED = "failed"
 
-    def __str__(self) -> str:
-        return self.value
 
-    __format__ = str.__format__
-
-
-class Action(str, Enum):
+class Action(_Word):
     """What a Decision tells the sweep; the values are Ray Tune's TrialScheduler constants."""
 
     CONTINUE = "CONTINUE"
     STOP = "STOP"
     PAUSE = "PAUSE"
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
 
 
 @dataclass(frozen=True)

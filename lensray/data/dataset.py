@@ -5,7 +5,7 @@ held-out set. This module turns a data set into exactly that:
 
 1. load it with `datasets`: a local ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or a hub
    name (only on a machine that can reach the hub);
-2. write each example as a sample under its sample design (``design``, lensray.design):
+2. write each example as a sample under its sample design (``design``, lensray.data.design):
    structured records ``{"text", "targets", "evidence"}`` (``schema`` set) with `render`, plain
    prompt/response rows with `render_plain` (the instruction placed by the design); without a
    design the prompt and response are taken as they are;
@@ -106,7 +106,7 @@ class DataConfig:
     system_prompt: str = ""
     """Chat template only: a system turn placed before the user turn (empty = none)."""
     design: str = ""
-    """Sample design (lensray.design): a preset such as `es-sde` or a `SampleDesign.name` such as
+    """Sample design (lensray.data.design): a preset such as `es-sde` or a `SampleDesign.name` such as
     `inst-last.loss-on.json.omit.num.cot`; a dict of options is turned into its name. Empty = no
     design: the prompt and response are used exactly as they are."""
     schema: TargetSchema | None = None

@@ -73,22 +73,6 @@ class Prediction:
         return int(self.ranking[0])
 
 
-def _zero_shot(c: Curves, target: int, cfg: FitConfig) -> Prediction:
-    if c.zero_shot is None:
-        raise CurveError(f"{c.name}: ZeroShot needs the zero-shot loss, column '0'; add it or drop the method")
-    return Prediction("ZeroShot", c.candidates, c.zero_shot.copy())
-
-
-def _subtuning(c: Curves, target: int, cfg: FitConfig) -> Prediction:
-    return Prediction("SubTuning", c.candidates, c.losses[:, -1].copy())
-
-
-def _model_size(c: Curves, target: int, cfg: FitConfig) -> Prediction:
-    if c.n_params is None:
-        raise CurveError(f"{c.name}: ModelSize needs the parameter count, column 'size'; add it or drop the method")
-    return Prediction("ModelSize", c.candidates, np.log(c.n_params), larger_is_better=True)
-
-
 @dataclass(frozen=True)
 class Predictor:
     """A method that fits each candidate's partial curve and predicts its loss at the target."""

@@ -32,10 +32,6 @@ MIRROR_EVERY_S = 10.0
 between re-runs at most this many seconds of reports on --resume."""
 
 
-def experiment_storage(cfg: SelectConfig) -> Storage:
-    return Storage(cfg.output, cfg.name)
-
-
 def init_ray(cfg: SelectConfig) -> None:
     """Join the configured cluster ($RAY_ADDRESS or ray_address), else start a local Ray whose
     dashboard (and so its Jobs and State APIs) listens on 127.0.0.1 only.
@@ -183,7 +179,7 @@ def run_sweep(cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool =
     from lensray.sweep.scheduler import CurveFitScheduler
     from lensray.sweep.trial import probe_trial
 
-    storage = experiment_storage(cfg)
+    storage = cfg.storage()
     state_path = storage.local / STATE_FILE
     before = read_state(state_path)
     todo = [c for c in pool.names if before.status.get(c, ("",))[0] not in (Status.FINISHED, Status.STOPPED)]

@@ -11,7 +11,7 @@ exactly as they would a hub model.
 Run it::
 
     lensray zoo build --out zoo/          # ~1-2 minutes on 2 CPU cores, then a cached no-op
-    python -c "from pathlib import Path; from lensray.zoo import build_zoo; build_zoo(Path('zoo'))"
+    python -c "from pathlib import Path; from lensray.zoo.build import build_zoo; build_zoo(Path('zoo'))"
 
 Layout of the output directory (a new or empty folder, or a zoo: nothing else is written over)::
 
@@ -23,7 +23,7 @@ Layout of the output directory (a new or empty folder, or a zoo: nothing else is
     tokenizer/              the shared tokenizer (also copied into every model directory)
     task.jsonl              the built-in fine-tuning task, {"prompt": ..., "response": ...}
     aspects.jsonl           the built-in multi-aspect task, {"text", "targets", "evidence"}
-                            records (lensray.design), with ``aspect_schema`` in the manifest
+                            records (lensray.data.design), with ``aspect_schema`` in the manifest
     models/<name>/          config.json, model.safetensors, tokenizer files
 
 The task ("cipher"): a prompt ``translate : x1 x2 x3 x4 x5 ->`` over 16 symbols ``a..p``, and
@@ -592,7 +592,7 @@ _ASPECT_JOINT_P = 0.3
 
 def aspect_examples(n: int, seed: int) -> list[dict]:
     """`n` restaurant-style reviews over the aspects of `ASPECT_SCHEMA` as structured records
-    ``{"text", "targets", "evidence"}`` (see lensray.design), deterministic in `seed`.
+    ``{"text", "targets", "evidence"}`` (see lensray.data.design), deterministic in `seed`.
 
     Each aspect is mentioned with probability 0.6 (at least one per review) with a uniform
     label, in a random order, in one clause ``the <noun> was <word>`` (or `seemed`, `looked`);

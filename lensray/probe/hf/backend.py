@@ -52,7 +52,6 @@ class HFBackend:
         trial's Ray Train run (named after the trial) resumes from its own checkpoint."""
         from lensray.probe.hf.driver import run_probe
         from lensray.probe.hf.recipe import ProbeSpec
-        from lensray.sweep.run import experiment_storage
 
         r = cfg.resources
         spec = ProbeSpec(
@@ -62,7 +61,7 @@ class HFBackend:
             probe=replace(
                 cfg.probe, num_workers=r.workers, cpus_per_worker=r.cpus_per_worker,
                 device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
-                storage_path=experiment_storage(cfg).uri("train"),
+                storage_path=cfg.storage().uri("train"),
                 run_name=f"probe-{candidate.name}-{trial_id}", max_failures=r.max_failures,
             ),
             trust_remote_code=candidate.model.trust_remote_code,

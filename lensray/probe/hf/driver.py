@@ -6,7 +6,7 @@ candidate from its *pretrained* weights (reloaded for every size) inside a Ray T
 the mean response-token cross-entropy on the fixed held-out set (with `metric="task"`: the error
 of greedy responses to the held-out prompts, scored under the data's sample design), and
 reports one Observation: candidate, size, loss (or error), training tokens, FLOPs
-(6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.ntk) of the
+(6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.probe.hf.ntk) of the
 pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps, the
 weight change, the throughput and, with `metric="task"`, the accuracy, F1 and format error rate.
 
@@ -23,7 +23,7 @@ Use it::
 In a selection sweep, `lensray.trial.probe_trial` calls `run_probe` inside each Tune trial.
 
 How it is cut: the trial process (`run_probe`) loads the tokenizer, tokenises the data (cached,
-lensray.data), and starts ONE `TorchTrainer` whose workers loop over the sizes (a Ray worker
+lensray.data.dataset), and starts ONE `TorchTrainer` whose workers loop over the sizes (a Ray worker
 group and DeepSpeed start once per probe, not once per size). Each worker calls
 `ray.train.report` after each size; inside a Tune trial Ray's `TuneReportCallback` forwards
 every report to Tune as it happens (so a scheduler can stop the probe between sizes), with the
@@ -44,11 +44,11 @@ started again under the same `run_name` and storage, the workers resume after th
 finished size; `extra["restarts"]` counts the restarts a size's result came after.
 
 Examples longer than the context never fail a probe: they are truncated or dropped by
-lensray.data and counted in `extra`.
+lensray.data.dataset and counted in `extra`.
 
 Distributed: gloo on CPU and NCCL on GPU, chosen from whether the Ray cluster has GPUs
 (`device="auto"`); 1 or more workers per probe. torch, transformers, deepspeed, peft and ray
-are imported inside the functions, so `import lensray.probe` stays light.
+are imported inside the functions, so `import lensray.probe.hf.driver` stays light.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class ProbeConfig:
     metric: str = "loss"
     """What a probe reports as its Observation's `loss`, the quantity fitted and ranked: `loss`
     (held-out response-token cross-entropy) or `task`: greedy responses to the held-out prompts,
-    parsed and scored under the data's sample design (lensray.design), reporting the error
+    parsed and scored under the data's sample design (lensray.data.design), reporting the error
     1 - accuracy (smoothed, `TaskScore.smoothed_error`), with the accuracy, F1, format error
     rate and cross-entropy in `extra`. Loss is not comparable across sample designs (their
     targets differ); the task error is."""

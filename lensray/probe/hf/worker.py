@@ -89,7 +89,7 @@ def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, 
 
 def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, rank, world, torch, device) -> dict[str, Any]:
     """metric=task: every rank generates for its share of the held-out prompts; the outputs are
-    gathered and scored against the references under the data's design (lensray.data)."""
+    gathered and scored against the references under the data's design (lensray.data.dataset)."""
     import torch.distributed as dist
 
     from lensray.data.dataset import score_outputs
