@@ -113,6 +113,10 @@ def test_unknown_names_list_the_options(tmp_path, toys, over, message):
 
 @pytest.mark.slow
 def test_a_sweep_with_no_report_for_a_while_says_what_its_probes_wait_for(monkeypatch, capsys):
+    """A started probe whose workers hold nothing is waiting: said once the sweep has been
+    quiet for WAIT_NOTE_S; probes that hold what they need are only long, and nothing is said."""
+    from types import SimpleNamespace
+
     import ray
 
     from lensray.probe.base import Footprint
@@ -124,9 +128,13 @@ def test_a_sweep_with_no_report_for_a_while_says_what_its_probes_wait_for(monkey
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         monkeypatch.setattr(run, "WAIT_NOTE_S", 0.0)
-        progress = run._Progress(StoppingRule(1000), 3, "loss", Footprint({"CPU": 0.1}, 4.1, 1.0, True))
-        progress.on_step_end(0, [])
+        trials = [SimpleNamespace(status="RUNNING"), SimpleNamespace(status="PENDING")]
+        waiting = run._Progress(StoppingRule(1000), 3, "loss", Footprint({"CPU": 0.1}, 4.1, 1.0, True))
+        waiting.on_step_end(0, trials)
+        holding = run._Progress(StoppingRule(1000), 3, "loss", Footprint({"CPU": 0.0}, 0.0, 0.0, True))
+        holding.on_step_end(0, trials)
     finally:
         ray.shutdown()
     err = capsys.readouterr().err
+    assert err.count("no probe has reported") == 1
     assert "each probe needs 4.1 CPU and 1 GPU, the cluster has 1 CPU and 0 GPU free" in err

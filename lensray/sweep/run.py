@@ -103,7 +103,7 @@ class _Progress:
 
             def on_step_end(self, iteration, trials, **info) -> None:
                 if len(rule.decisions) == self.shown and time.monotonic() - self.active > WAIT_NOTE_S:
-                    self._waiting()
+                    self._waiting(trials)
                 new, self.shown = rule.decisions[self.shown :], len(rule.decisions)
                 if new:
                     self.active = time.monotonic()
@@ -118,10 +118,19 @@ class _Progress:
                         file=sys.stderr, flush=True,
                     )
 
-            def _waiting(self) -> None:
+            def _waiting(self, trials) -> None:
+                """Say what the probes wait for, when one that Tune started holds less than a
+                probe needs (its workers are not placed) or none could start at all."""
                 import ray
 
-                free = ray.available_resources()
+                self.active = time.monotonic()
+                running = sum(t.status == "RUNNING" for t in trials)
+                pending = sum(t.status == "PENDING" for t in trials)
+                total, free = ray.cluster_resources(), ray.available_resources()
+                held = {r: total.get(r, 0.0) - free.get(r, 0.0) for r in ("CPU", "GPU")}
+                short = any(running * need > held[r] + 1e-6 for r, need in (("CPU", footprint.cpus), ("GPU", footprint.gpus)))
+                if not (short or (pending and not running)):
+                    return  # the probes are running, just long
                 print(
                     f"[{time.time() - self.t0:7.1f}s] no probe has reported for {time.monotonic() - self.active:.0f} s: "
                     f"each probe needs {footprint.cpus:g} CPU and {footprint.gpus:g} GPU, the cluster has "
@@ -129,7 +138,6 @@ class _Progress:
                     "an autoscaling cluster adds nodes for them)",
                     file=sys.stderr, flush=True,
                 )
-                self.active = time.monotonic()
 
             def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
                 self.active = time.monotonic()
