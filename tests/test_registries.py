@@ -138,3 +138,18 @@ def test_a_sweep_with_no_report_for_a_while_says_what_its_probes_wait_for(monkey
     err = capsys.readouterr().err
     assert err.count("no probe has reported") == 1
     assert "each probe needs 4.1 CPU and 1 GPU, the cluster has 1 CPU and 0 GPU free" in err
+
+
+def test_a_registered_backend_is_found_by_the_config(tmp_path):
+    from lensray.probe import base
+
+    class Fake:
+        name = "fake"
+
+    fake = base.register_backend(Fake())
+    try:
+        assert base.get_backend("fake") is fake
+        assert config_from_dict(raw(tmp_path, backend="fake")).backend == "fake"
+    finally:
+        base._LOADED.pop("fake")
+        base.BACKENDS.pop("fake")
