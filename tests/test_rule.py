@@ -107,3 +107,14 @@ def test_keeps_top_k_running_to_the_budget():
     feed(s, "good", curve(2.0, -0.08))
     assert Action.STOP not in feed(s, "bad", curve(4.0, -0.02))
     assert "keeping the top 2" in s.decisions[-1].reason
+
+
+def test_a_candidate_whose_trial_died_and_reports_again_is_running_again(tmp_path):
+    """Tune can retry a trial after the scheduler heard it died; its next report revives it, or
+    a synchronous sweep would wait for it forever."""
+    s = StoppingRule(TARGET, record=SweepRecord(tmp_path / "s.jsonl"))
+    s.set_status("a", Status.FAILED, "the probe's trial died; see its error")
+    feed(s, "a", curve(2.0, -0.08), upto=1)
+    assert s.curves["a"].status == Status.RUNNING
+    again = StoppingRule(TARGET, record=SweepRecord(tmp_path / "s.jsonl"))
+    assert again.curves["a"].status == Status.RUNNING and again.curves["a"].sizes == [200]

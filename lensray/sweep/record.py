@@ -5,7 +5,8 @@ One JSON object a line, appended as the sweep goes::
     {"event": "observation", "candidate", "size", "loss", "tokens", "flops", "wall_s", "extra"}
     {"event": "decision", "candidate", "size", "decision": CONTINUE|STOP|PAUSE, "reason",
      "predicted", "interval"}                       (predicted/interval: when a fit was reliable)
-    {"event": "status", "candidate", "status": finished|stopped early|failed, "reason"}
+    {"event": "status", "candidate", "status": finished|stopped early|failed|running, "reason"}
+                                    (running: a trial that died reports again, retried by Tune)
 
 Tune does not restore a scheduler on `Tuner.restore`, so a resumed sweep rebuilds its stopping
 rule from this file, and the report reads the sweep's outcome from it. A line torn by a crash is

@@ -118,6 +118,9 @@ class StoppingRule:
         """Record one Observation and decide for its candidate (PAUSE: wait for the rung)."""
         t0 = time.perf_counter()
         curve = self.state(obs.candidate)
+        if curve.status == Status.FAILED and not replaying:  # Tune retried a trial it had given up on
+            self._status(obs.candidate, curve, Status.RUNNING, "")
+            self.record.status(obs.candidate, Status.RUNNING, "reporting again after its trial died")
         if obs.size in curve.sizes:  # a re-run after a failure or resume reports the size again
             curve.losses[curve.sizes.index(obs.size)] = obs.loss
         else:
