@@ -95,6 +95,15 @@ class Observation:
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in FIELDS} | {"extra": dict(self.extra)}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Observation":
+        """The Observation `to_dict` wrote (a side-file record, a worker's report); missing
+        counters are 0."""
+        return cls(
+            str(d["candidate"]), int(d["size"]), float(d["loss"]), int(d.get("tokens", 0)),
+            float(d.get("flops", 0.0)), float(d.get("wall_s", 0.0)), dict(d.get("extra") or {}),
+        )
+
 
 FIELDS = ("candidate", "size", "loss", "tokens", "flops", "wall_s")
 """The scalar fields, in order (extra is a dict)."""

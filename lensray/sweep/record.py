@@ -63,12 +63,6 @@ class SweepRecord:
                 continue  # a line cut by a crash
 
 
-def observation_from_record(rec: dict[str, Any]) -> Observation:
-    """The Observation of an "observation" record."""
-    fields = ("candidate", "size", "loss", "tokens", "flops", "wall_s", "extra")
-    return Observation(**{k: rec[k] for k in fields if k in rec})
-
-
 @dataclass(frozen=True)
 class SweepState:
     """What the side file of a sweep says: every Observation, Decision and final Status."""
@@ -88,7 +82,7 @@ def read_state(path: str | Path) -> SweepState:
     for rec in SweepRecord(path).events():
         event = rec.get("event")
         if event == "observation":
-            o = observation_from_record(rec)
+            o = Observation.from_dict(rec)
             obs.setdefault(o.candidate, {})[o.size] = o
         elif event == "decision":
             d = Decision.from_record(rec)

@@ -47,7 +47,7 @@ from lensray.config.schema import SchedulerConfig
 from lensray.core.types import Action, CurveFit, Decision, Observation, Status
 from lensray.predict.fit import FitConfig
 from lensray.predict.methods import get_predictor
-from lensray.sweep.record import SweepRecord, observation_from_record
+from lensray.sweep.record import SweepRecord
 
 
 @dataclass
@@ -280,7 +280,7 @@ class StoppingRule:
         running, which a synchronous sweep would then wait for forever."""
         for rec in list(self.record.events()):
             if rec.get("event") == "observation":
-                self.observe(observation_from_record(rec), replaying=True)
+                self.observe(Observation.from_dict(rec), replaying=True)
             elif rec.get("event") == "decision":
                 d = Decision.from_record(rec)
                 self.decisions.append(d)

@@ -122,7 +122,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
         loop_config["eval_references"] = list(data.eval["reference"])
     result = _fit(spec, loop_config, use_gpu)
     payload = result.return_value or {}
-    observations = [_observation(d) for d in payload.get("observations", [])]
+    observations = [Observation.from_dict(d) for d in payload.get("observations", [])]
     if payload.get("error"):
         raise ProbeError(payload["error"], spec.candidate, observations)
     if len(observations) != len(spec.data.sizes):
@@ -163,10 +163,3 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
     if getattr(result, "error", None) is not None:
         raise ProbeError(_reason_from_training_error(result.error), spec.candidate)
     return result
-
-
-def _observation(d: dict[str, Any]) -> Observation:
-    return Observation(
-        candidate=d["candidate"], size=int(d["size"]), loss=float(d["loss"]), tokens=int(d["tokens"]),
-        flops=float(d["flops"]), wall_s=float(d["wall_s"]), extra=dict(d.get("extra", {})),
-    )
