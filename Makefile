@@ -2,8 +2,9 @@
 # no-op re-install when pyproject.toml has not changed (the stamp file below).
 #   make demo   the main job on its embedded default: `lensray select` on the offline zoo demo
 #   make test   run the test suite (what CI runs, via .ci/run)
-#   make bench  the benchmarks (predictor on recorded curves, fit speed, replay sweeps, scale,
-#               probe throughput), then both demos selected and verified at T (out/verify-*.json)
+#   make bench  the benchmarks (predictor on recorded curves, the predictor suite, fit speed,
+#               replay sweeps, scale, probe throughput), then both demos selected and verified at
+#               T (out/verify-*.json)
 #   make docs   docs/benchmarks.md from the JSON `make bench` writes to out/bench-*.json and
 #               out/verify-*.json (it runs nothing else: run `make bench` first)
 SHELL := bash
@@ -32,6 +33,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/lensray bench curves --json out/bench-curves.json
+	$(VENV)/bin/lensray bench curves --suite --json out/bench-suite.json
 	$(VENV)/bin/lensray bench select --json out/bench-select.json
 	$(VENV)/bin/lensray bench scale --candidates 1000 --json out/bench-scale.json
 	$(VENV)/bin/lensray bench probe --json out/bench-probe.json

@@ -108,7 +108,7 @@ def test_bench_select_runs_on_a_file_whose_budgets_repeat_or_lack_sizes(tmp_path
 
     sizes = [100 * 4**i for i in range(6)]
     path = power_law_file(tmp_path / "quad.csv", sizes, (0.03, 0.06, 0.09), 50)
-    doc = bench_select([path], tmp_path / "out", sleep_s_per_pflop=0.0)["quad"]
+    doc = bench_select([path], tmp_path / "out", sleep_s_per_pflop=0.0, baselines=False)["quad"]
     assert list(doc) == [f"1/{g}" for g in GAMMAS]
     assert doc["1/8"] == doc["1/16"] and doc["1/32"] == doc["1/64"]
     assert doc["1/8"]["relacc"] == 100.0 and doc["1/32"]["relacc"] == 100.0
@@ -252,7 +252,7 @@ def test_bench_sweeps_rerun_in_their_own_folder_removes_only_what_they_wrote(tmp
     out = tmp_path / "out"
     calls = []
 
-    def fake_bench(paths, out_dir, sleep_s_per_pflop=1e-3):  # the sweeps themselves: test_select's business
+    def fake_bench(paths, out_dir, sleep_s_per_pflop=1e-3, baselines=True):  # the sweeps themselves: test_select's business
         calls.append(sorted(p.name for p in out_dir.iterdir()))
         (out_dir / "mine-B800").mkdir()  # T/8: the first budget
         return {"mine": {}}

@@ -7,7 +7,7 @@ from lensray.bench.curves import GAMMAS, bench_curves
 from lensray.core.curves import packaged_curves, read_curves
 from lensray.core.errors import CurveError
 from lensray.core.types import CurveFit
-from lensray.predict.methods import METHODS, get_method, predict
+from lensray.predict.methods import DEFAULT_PREDICTOR, METHODS, get_method, predict
 from lensray.predict.metrics import pair_coverage, pearcorr, relacc
 
 # Lin et al. 2024, as reproduced in shared/benchmarks/finetune-curves/README.md:
@@ -45,14 +45,14 @@ def test_baselines_reproduce_the_paper_within_0_2(bench, dataset, method):
 
 @pytest.mark.parametrize("dataset", ["flan", "wmt19"])
 def test_default_predictor_never_selects_worse_than_ats(bench, dataset):
-    ours, ats = bench.scores[dataset]["local"], bench.scores[dataset]["AtS"]
+    ours, ats = bench.scores[dataset][DEFAULT_PREDICTOR], bench.scores[dataset]["AtS"]
     for label in ours:
         assert ours[label]["relacc"] >= ats[label]["relacc"], label
 
 
 def test_default_predictor_correlates_better_than_ats_on_average(bench):
     gains = [
-        bench.scores[ds]["local"][g]["pearcorr"] - bench.scores[ds]["AtS"][g]["pearcorr"]
+        bench.scores[ds][DEFAULT_PREDICTOR][g]["pearcorr"] - bench.scores[ds]["AtS"][g]["pearcorr"]
         for ds in ("flan", "wmt19")
         for g in bench.scores[ds]["AtS"]
     ]
@@ -62,7 +62,7 @@ def test_default_predictor_correlates_better_than_ats_on_average(bench):
 def test_coverage_counts_true_losses_inside_the_intervals(bench):
     curves = read_curves(packaged_curves()[1])
     truth, target = curves.losses[:, -1], int(curves.sizes[-1])
-    assert set(bench.coverage[curves.name]) == {"VanillaFit", "RectifiedFit", "LensLLM", "local"}
+    assert set(bench.coverage[curves.name]) == {"VanillaFit", "RectifiedFit", "LensLLM", "local", "blend"}
     for gamma in GAMMAS:
         fits = predict("local", curves.upto(target // gamma), target).fits
         inside = sum(lo <= t <= hi for (lo, hi), t in zip((f.interval for f in fits), truth))
@@ -96,7 +96,7 @@ def test_the_coverage_of_differences_counts_only_pairs_of_reliable_fits():
 def test_the_bench_gives_the_coverage_of_differences_for_the_fits_the_scheduler_compares(bench):
     curves = read_curves(packaged_curves()[1])
     truth, target = curves.losses[:, -1], int(curves.sizes[-1])
-    assert {ds: set(m) for ds, m in bench.pair_coverage.items()} == {ds: {"VanillaFit", "RectifiedFit", "LensLLM", "local"} for ds in ("flan", "wmt19")}
+    assert {ds: set(m) for ds, m in bench.pair_coverage.items()} == {ds: {"VanillaFit", "RectifiedFit", "LensLLM", "local", "blend"} for ds in ("flan", "wmt19")}
     for gamma in GAMMAS:
         fits = predict("local", curves.upto(target // gamma), target).fits
         assert bench.pair_coverage[curves.name]["local"][f"1/{gamma}"] == pair_coverage(fits, truth, 0.9)

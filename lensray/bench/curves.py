@@ -1,9 +1,12 @@
 """Benchmarks that print figures: the predictor on recorded curves, replay sweeps, and scale.
 
-    lensray bench curves [--data CSV ...] [--json OUT]
+    lensray bench curves [--data CSV ...] [--methods M ...] [--json OUT]
+    lensray bench curves --suite [--part dev|held-out|all] [--methods M ...] [--json OUT]
 
 --json OUT writes every figure below and the machine (`bench_json`); `make docs`
-(lensray.bench.docs) turns it into docs/benchmarks.md.
+(lensray.bench.docs) turns it into docs/benchmarks.md. --suite runs the predictor suite
+(lensray/bench/suite.py) on the packaged, the recorded and synthetic pools through the same
+scoring loop, `bench_curves`.
 
 For each data set and each budget gamma = B/T in 1/8 ... 1/512 (T = the largest size column, B
 the largest size column <= T/gamma), every method of `predict.METHODS` is scored by (Lin et al.
@@ -12,10 +15,11 @@ the largest size column <= T/gamma), every method of `predict.METHODS` is scored
     PearCorr = 100 * Pearson(score, true loss at T)
     RelAcc   = 100 * (L_worst - L_selected) / (L_worst - L_best),  L = true loss at T
 
-and, for the methods that fit curves, the coverage of their intervals: the share of candidates
-whose true loss at T lies inside the interval the fit gives at the configured level (0.9), and,
-for every predictor (whose s.d. the stopping rule compares candidates with), the coverage of the
-intervals of *differences*: the share of pairs of reliable fits (i, j) with::
+the regret (the true loss at T of the pick - the best true loss at T, and the log of their
+ratio), and, for the methods that fit curves, the coverage of their intervals: the share of
+candidates whose true loss at T lies inside the interval the fit gives at the configured level
+(0.9), and, for every predictor (whose s.d. the stopping rule compares candidates with), the
+coverage of the intervals of *differences*: the share of pairs of reliable fits (i, j) with::
 
     | (m_i - m_j) - (t_i - t_j) | <= z * sqrt(s_i^2 + s_j^2),   z = Phi^-1(1/2 + level/2)
 
@@ -33,15 +37,16 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lensray.core.curves import Curves, packaged_curves, read_curves
-from lensray.core.errors import CurveError
+from lensray.core.errors import ConfigError, CurveError
 from lensray.predict.fit import FitConfig
-from lensray.predict.methods import METHODS, Prediction, predict
+from lensray.predict.methods import METHODS, Prediction, get_method, predict
 from lensray.predict.metrics import pair_coverage, pearcorr, relacc
 
 GAMMAS = (8, 16, 32, 64, 128, 256, 512)
@@ -52,6 +57,10 @@ class CurvesBench:
     """Result of `bench_curves`: scores[dataset][method][gamma] and the timing figures."""
 
     scores: dict[str, dict[str, dict[str, dict[str, float | None]]]]
+    """scores[dataset][method][gamma]: {"pearcorr", "relacc"} (None: n/a)."""
+    regret: dict[str, dict[str, dict[str, dict[str, float | None]]]]
+    """regret[dataset][method][gamma]: {"regret": true loss at T of the pick - the best true loss
+    at T, "log_regret": log(pick's / best's)} (None: n/a)."""
     coverage: dict[str, dict[str, dict[str, float]]]
     """coverage[dataset][method][gamma]: share of candidates whose true loss at T lies in their
     fit's interval (methods that fit curves only)."""
@@ -101,20 +110,32 @@ def read_all(paths: list[Path]) -> list[tuple[Path, Curves]]:
     return list(read.values())
 
 
-def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesBench:
-    """Score every method at every budget on every data set; time each method's fits."""
+def bench_curves(
+    data: list[Curves] | list[Path],
+    methods: list[str] | None = None,
+    progress: Callable[[int, Curves], None] | None = None,
+) -> CurvesBench:
+    """Score every method at every budget on every data set (Curves, or files to read); time
+    each method's fits. `progress(i, curves)` is called after the i-th data set (from 1)."""
+    if data and not isinstance(data[0], Curves):
+        data = [c for _, c in read_all([Path(p) for p in data])]
+    seen = [c.name for c in data]
+    if len(set(seen)) < len(seen):
+        raise CurveError(f"two data sets are named {next(n for n in seen if seen.count(n) > 1)!r}; rename one")
     methods = methods or list(METHODS)
     level = FitConfig().level
     start = time.perf_counter()
     scores: dict = {}
+    regret: dict = {}
     coverage: dict = {}
     pairs: dict = {}
     per_fit: dict[str, list[float]] = {m: [] for m in methods}
     notes: dict[str, list[str]] = {}  # why a cell is n/a -> the budgets it applies to
-    for _, curves in read_all(paths):
+    for done, curves in enumerate(data, start=1):
         truth = curves.losses[:, -1]
         target = int(curves.sizes[-1])
         scores[curves.name] = {m: {} for m in methods}
+        regret[curves.name] = {m: {} for m in methods}
         coverage[curves.name] = {}
         pairs[curves.name] = {}
         if np.ptp(truth) == 0:
@@ -127,6 +148,7 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
                 notes.setdefault(budget_note(curves, label), [])
             for m in methods:
                 scores[curves.name][m][label] = {"pearcorr": None, "relacc": None}
+                regret[curves.name][m][label] = {"regret": None, "log_regret": None}
                 if budget is None:
                     continue
                 t0 = time.perf_counter()
@@ -136,19 +158,25 @@ def bench_curves(paths: list[Path], methods: list[str] | None = None) -> CurvesB
                     notes.setdefault(str(err), []).append(label)
                     continue
                 per_fit[m].append((time.perf_counter() - t0) / len(curves.candidates))
+                picked, best = float(truth[pred.selected]), float(truth.min())
                 scores[curves.name][m][label] = {
                     "pearcorr": round2(pearcorr(pred.scores, truth)),
                     "relacc": round2(relacc(pred.selected, truth)),
+                }
+                regret[curves.name][m][label] = {
+                    "regret": round(picked - best, 6), "log_regret": round(float(np.log(picked / best)), 6)
                 }
                 if pred.fits:
                     inside = [f.interval[0] <= t <= f.interval[1] for f, t in zip(pred.fits, truth)]
                     coverage[curves.name].setdefault(m, {})[label] = float(np.mean(inside))
                 if pred.fits and all(np.isfinite(f.sd_log) for f in pred.fits):
                     pairs[curves.name].setdefault(m, {})[label] = pair_coverage(pred.fits, truth, level)
+        if progress is not None:
+            progress(done, curves)
     wall = time.perf_counter() - start
     fit_ms = {m: 1e3 * statistics.median(v) for m, v in per_fit.items() if v}
     return CurvesBench(
-        scores, coverage, pairs, wall, fit_ms, [f"{n} [{', '.join(at)}]" if at else n for n, at in notes.items()]
+        scores, regret, coverage, pairs, wall, fit_ms, [f"{n} [{', '.join(at)}]" if at else n for n, at in notes.items()]
     )
 
 
@@ -230,11 +258,14 @@ def machine() -> dict[str, int | str | None]:
     return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model}
 
 
-def bench_json(result: CurvesBench, one_fit_ms: dict[str, float], paths: list[Path], packaged: bool) -> dict:
+def bench_json(
+    result: CurvesBench, one_fit_ms: dict[str, float], data: list[Curves], paths: list[Path], packaged: bool
+) -> dict:
     """What `lensray bench curves --json OUT` writes: every figure the tables of
     docs/benchmarks.md need (lensray.bench.docs)::
 
         {"scores": {dataset: {method: {gamma: {"pearcorr", "relacc"}}}},
+         "regret": {dataset: {method: {gamma: {"regret", "log_regret"}}}},
          "level": interval level, "coverage": {dataset: {method: {gamma: share}}},
          "pair_coverage": {dataset: {method: {gamma: share | null}}},
          "budgets": {dataset: {gamma: B | null}},
@@ -242,13 +273,15 @@ def bench_json(result: CurvesBench, one_fit_ms: dict[str, float], paths: list[Pa
          "notes": [why a cell is n/a], "data": [curves file], "packaged": bool,
          "machine": {"cpus", "processor", "cpu_model"}}
 
-    `packaged`: the data are the packaged curves (no --data given)."""
+    `data`: the curves scored, read from `paths`; `packaged`: they are the packaged curves (no
+    --data given)."""
     return {
         "scores": result.scores,
+        "regret": result.regret,
         "level": FitConfig().level,
         "coverage": result.coverage,
         "pair_coverage": result.pair_coverage,
-        "budgets": {curves.name: dict(budgets(curves)) for _, curves in read_all(paths)},
+        "budgets": {curves.name: dict(budgets(curves)) for curves in data},
         "wall_s": round(result.wall_s, 3),
         "fit_ms_median": {m: round(ms, 4) for m, ms in result.fit_ms_median.items()},
         "one_fit_ms": {m: round(ms, 4) for m, ms in one_fit_ms.items()},
@@ -259,15 +292,33 @@ def bench_json(result: CurvesBench, one_fit_ms: dict[str, float], paths: list[Pa
     }
 
 
-def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
-    """CLI body of `lensray bench curves`; --json writes `bench_json`."""
+def run_bench_curves(
+    data: list[str] | None,
+    json_out: str | None,
+    methods: list[str] | None = None,
+    suite: bool = False,
+    part: str | None = None,
+) -> int:
+    """CLI body of `lensray bench curves`; --json writes `bench_json`, --suite runs
+    `lensray.bench.suite.run_bench_suite` instead (on `part`, default held-out)."""
+    if suite:
+        if data:
+            raise ConfigError("--suite scores the packaged, recorded and synthetic pools; give --data or --suite, not both")
+        from lensray.bench.suite import run_bench_suite
+
+        return run_bench_suite(part or "held-out", methods, json_out)
+    if part:
+        raise ConfigError(f"--part {part} chooses the suite's synthetic pools; add --suite")
+    for m in methods or []:
+        get_method(m)  # an unknown name lists the options before any work
     paths = [Path(p) for p in data] if data else packaged_curves()
-    result = bench_curves(paths)
+    curves = [c for _, c in read_all(paths)]
+    result = bench_curves(curves, methods)
     print(format_table(result))
     if result.notes:
         print("\nn/a cells:\n" + "\n".join(f"  {n}" for n in result.notes))
     print(format_coverage(result, FitConfig().level))
-    one_fit = {m: time_one_fit(m) for m in ("local", "LensLLM", "RectifiedFit")}
+    one_fit = {m: time_one_fit(m) for m in ("local", "LensLLM", "RectifiedFit") if not methods or m in methods}
     print("\nspeed")
     print(f"  whole bench, {len(paths)} data set(s): {result.wall_s:.2f} s")
     for m, ms in one_fit.items():
@@ -275,6 +326,6 @@ def run_bench_curves(data: list[str] | None, json_out: str | None) -> int:
     if json_out:
         out = Path(json_out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(bench_json(result, one_fit, paths, not data), indent=1) + "\n")
+        out.write_text(json.dumps(bench_json(result, one_fit, curves, paths, not data), indent=1) + "\n")
         print(f"\nwrote {out}")
     return 0

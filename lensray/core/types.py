@@ -133,7 +133,11 @@ class CurveFit:
     """Number of observed sizes the fit used."""
     sd_log: float = math.nan
     """Standard deviation of the predicted log-loss at T: what the stopping rule compares
-    candidates with (NaN when the fitter gives none)."""
+    candidates with (NaN when the fitter gives none). Where the fitter splits its error, this is
+    the candidate's own part; `sd_shared` is the part the pool shares."""
+    sd_shared: float = 0.0
+    """S.d. of the part of the predicted log-loss's error that every candidate of the pool shares
+    (the curves of one task bend alike after the budget): in the interval, not in comparisons."""
 
     def to_dict(self) -> dict:
         return {
@@ -147,6 +151,7 @@ class CurveFit:
             "params": dict(self.params),
             "n_points": self.n_points,
             "sd_log": self.sd_log,
+            "sd_shared": self.sd_shared,
         }
 
 

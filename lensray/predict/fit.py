@@ -35,16 +35,26 @@ LAW_PARAMS = {"vanilla": 3, "rectified": 4, "lensllm": 4}
 class FitConfig:
     """How curves are fitted. The defaults are used everywhere unless a config overrides them."""
 
-    method: str = "local"
-    """The predictor the sweep's stopping rule, the ranking and `lensray verify` use: `local` (the
-    local log-log slope at the budget), `VanillaFit`, `RectifiedFit`, `LensLLM`, or one registered
+    method: str = "blend"
+    """The predictor the sweep's stopping rule, the ranking and `lensray verify` use: `blend` (the
+    local log-log slope at the budget averaged with AtS's power-phase line, calibrated intervals),
+    `local` (the local slope alone), `VanillaFit`, `RectifiedFit`, `LensLLM`, or one registered
     with `lensray.predict.methods.register_predictor`."""
     level: float = 0.9
     """Coverage of the predicted-loss interval (0.9 = 5%..95% quantiles)."""
     noise_floor: float = 0.005
     """Smallest log-space noise per point assumed (0.005 = 0.5% of the loss)."""
     window: int = 3
-    """Number of largest sizes the local fit (lensray's default) uses for its slope."""
+    """Number of largest sizes the local fit uses for its slope."""
+    extrapolation_sd: float = 0.0515
+    """`blend`: s.d. of a candidate's own log-loss error per unit of log-distance to T, added to
+    the local fit's (calibrated on the predictor suite's dev pools: python -m lensray.bench.calibrate)."""
+    shared_sd: float = 0.012
+    """`blend`: s.d. of the log-loss error the pool shares, per squared unit of log-distance to T
+    (in the intervals, not in the stopping rule's comparisons; calibrated likewise)."""
+    flat_sd: float = 1.12
+    """`blend`: s.d. of a flat candidate's borrowed fall, as a multiple of the fall the pool's median
+    slope predicts (calibrated likewise)."""
     beta_min: float = 0.05
     """Smallest beta on the grid."""
     beta_max: float = 1.5
@@ -59,6 +69,9 @@ class FitConfig:
             raise ValueError(f"fit.level must be in (0, 1), got {self.level}; e.g. 0.9")
         if self.noise_floor <= 0:
             raise ValueError(f"fit.noise_floor must be > 0, got {self.noise_floor}; e.g. 0.005")
+        for name in ("extrapolation_sd", "shared_sd", "flat_sd"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"fit.{name} must be >= 0, got {getattr(self, name)}; e.g. {getattr(FitConfig, name)}")
         if self.window < 2:
             raise ValueError(f"fit.window must be >= 2 points, got {self.window}; e.g. 3")
         if not 0 < self.beta_min < self.beta_max:

@@ -1,4 +1,5 @@
-"""The local-slope predictor (`local`, lensray's default): lensray's default: a power law through the last `window` sizes (the local slope of
+"""The local-slope predictor (`local`; the default, `blend`, takes its s.d. and its reliability
+flags, predict/blend.py): a power law through the last `window` sizes (the local slope of
 log L against log D at the budget), extrapolated to T::
 
     log L(T) = a + s * (log T - mean(log D_w)),   s, a: least squares on the last `window` points
@@ -79,7 +80,7 @@ def fit_local(
     config: FitConfig | None = None,
     noise: tuple[float, float] | None = None,
 ) -> list[CurveFit]:
-    """lensray's default: extrapolate the local log-log slope at the largest sizes to `target`.
+    """Extrapolate the local log-log slope at the largest sizes to `target`.
 
     `noise`: (sigma^2, eps^2) from `local_noise` over a larger pool (the scheduler keeps one per
     rung); by default they are estimated from the rows given.

@@ -15,16 +15,17 @@ as in Lin et al. 2024, so a negative value means larger models do better).
 | VanillaFit   | vanilla power law fitted to all sizes <= B, predicted at T            |
 | RectifiedFit | rectified law (Lin et al.) fitted per candidate, predicted at T       |
 | LensLLM      | LensLLM law, beta shared by the pool (or measured NTK term F)         |
-| local        | local log-log slope at B extrapolated to T (the default; predict/local.py) |
+| local        | local log-log slope at B extrapolated to T (predict/local.py)         |
+| blend        | robust local slope and AtS's line averaged, calibrated intervals (the default; predict/blend.py) |
 
-The last four are `Predictor`s: they fit each candidate's partial curve (a `CurveFit` with an
+The last five are `Predictor`s: they fit each candidate's partial curve (a `CurveFit` with an
 interval and the s.d. of its log prediction), so the sweep's stopping rule, the report, the
 benchmarks and `lensray verify` can all run on them. The config's `fit.method` names one.
 Adding a predictor is one module with a fit function and one `register_predictor` call::
 
     from lensray.predict.methods import Predictor, predict, register_predictor
     register_predictor(Predictor("mine", fit=my_fit, min_points=3))
-    pred = predict("local", curves.upto(3200), target=1638400)
+    pred = predict("blend", curves.upto(3200), target=1638400)
     pred.candidates[pred.selected]
 """
 
@@ -40,6 +41,8 @@ import numpy as np
 from lensray.core.curves import Curves
 from lensray.core.errors import ConfigError, CurveError
 from lensray.core.types import CurveFit
+from lensray.predict.ats import ats_log_predictions
+from lensray.predict.blend import blend_pool, fit_blend
 from lensray.predict.fit import LAW_PARAMS, FitConfig
 from lensray.predict.grid import fit_law
 from lensray.predict.local import LOCAL_MIN_POINTS, fit_local, local_noise
@@ -111,36 +114,8 @@ def _model_size(c: Curves, target: int, cfg: FitConfig) -> Prediction:
     return Prediction("ModelSize", c.candidates, np.log(c.n_params), larger_is_better=True)
 
 
-def ats_window(log_x: np.ndarray, log_y: np.ndarray, k: int = 3, delta: float = 5.0) -> int:
-    """Index of the first point of the power phase found by Accept-then-Stop.
-
-    Starting from a log-log line through the last k points, walk towards smaller sizes: the next
-    point is accepted while its residual is within `delta` standard deviations (population std)
-    of the fitted points' residuals. The first rejected point ends the pre-power phase. As in the
-    authors' evaluation (whose numbers we reproduce), when every point is accepted the smallest
-    size is still left out, and with k or fewer points all are used.
-    """
-    n = log_x.size
-    if n <= k:
-        return 0
-    for p in range(k, n):
-        tx, ty = log_x[-p:], log_y[-p:]
-        slope, icept = np.polyfit(tx, ty, 1)
-        spread = float(np.std(ty - (slope * tx + icept)))
-        miss = abs(log_y[-p - 1] - (slope * log_x[-p - 1] + icept))
-        if miss > delta * spread:
-            return n - p
-    return 1
-
-
 def _ats(c: Curves, target: int, cfg: FitConfig) -> Prediction:
-    lx, ly = np.log(c.sizes), np.log(c.losses)
-    scores = np.empty(len(c.candidates))
-    for i in range(len(c.candidates)):
-        start = ats_window(lx, ly[i])
-        slope, icept = np.polyfit(lx[start:], ly[i, start:], 1)
-        scores[i] = np.exp(slope * np.log(target) + icept)
-    return Prediction("AtS", c.candidates, scores)
+    return Prediction("AtS", c.candidates, np.exp(ats_log_predictions(np.log(c.sizes), np.log(c.losses), np.log(target))))
 
 
 Method = Callable[[Curves, int, FitConfig], Prediction]
@@ -148,7 +123,7 @@ METHODS: dict[str, Method] = {"ZeroShot": _zero_shot, "SubTuning": _subtuning, "
 """Every selection method by name, the predictors included (what `lensray bench curves` compares)."""
 PREDICTORS: dict[str, Predictor] = {}
 """The methods that fit curves, by name: what `fit.method` may name."""
-DEFAULT_PREDICTOR = "local"
+DEFAULT_PREDICTOR = "blend"
 
 
 def _scores(predictor: Predictor) -> Method:
@@ -182,7 +157,8 @@ def _law(law: str) -> FitFn:
 
 for _name, _law_name in (("VanillaFit", "vanilla"), ("RectifiedFit", "rectified"), ("LensLLM", "lensllm")):
     register_predictor(Predictor(_name, _law(_law_name), LAW_PARAMS[_law_name] + 1))
-register_predictor(Predictor(DEFAULT_PREDICTOR, fit_local, LOCAL_MIN_POINTS, pool=local_noise))
+register_predictor(Predictor("local", fit_local, LOCAL_MIN_POINTS, pool=local_noise))
+register_predictor(Predictor(DEFAULT_PREDICTOR, fit_blend, LOCAL_MIN_POINTS, pool=blend_pool))
 
 
 def _lookup(kind: str, name: str, options: dict) -> Any:

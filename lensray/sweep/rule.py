@@ -2,10 +2,11 @@
 whether it can still win. Pure numpy (no Ray); `lensray.sweep.scheduler` runs it inside Tune.
 
 After an Observation (a subset size and its held-out loss) the rule refits that candidate's
-curve with the configured predictor (`fit.method`, the local slope by default), fitted with the
+curve with the configured predictor (`fit.method`, `blend` by default), fitted with the
 estimates pooled over every candidate that reached the same sizes, so noise and extrapolation
 error come from the whole rung: a predicted log-loss at the target T, m_i, with standard
-deviation s_i (`CurveFit.sd_log`). It then tests whether each other reliable fit j beats
+deviation s_i (`CurveFit.sd_log`: the part of the error that is the candidate's own; the part
+the pool shares cancels in a comparison). It then tests whether each other reliable fit j beats
 candidate i at T::
 
     j beats i  iff  (m_i - m_j) / sqrt(s_i^2 + s_j^2) > z,    z = Phi^-1(1 - alpha / R)
@@ -18,10 +19,12 @@ the one-sided error of a bound of the `level` interval, spread over the R decisi
 goes through (the planned sizes from the `min_points`-th to the one before the budget;
 Bonferroni, as for the repeated looks of a group-sequential test): if the s.d. were right, a
 candidate that would beat its rival at T would be stopped by that rival with probability at most
-alpha over the whole sweep, however many sizes the plan has. `lensray bench curves` measures how
-far they are (the coverage of the intervals of differences): at small budgets they are 2 to 4
-times too small on the recorded curves, so alpha is nominal (docs/predictor.md). The rule never
-decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
+alpha over the whole sweep, however many sizes the plan has. `lensray bench curves --suite`
+measures how far they are (the coverage of the intervals of differences, docs/predictor.md):
+the default predictor's are calibrated on the suite's dev pools. A flat candidate (still in its
+pre-power phase) has a reliable fit with a wide interval borrowed from its peers, so it is
+stopped only when even a large fall from its level would leave it out of the top k. The rule
+never decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
 while only `top_k` candidates are left running, never stops at the last planned size (nothing
 would be saved), and records every Decision with its reason.
 
