@@ -246,3 +246,27 @@ def test_fingerprints_on_ray_are_cached_and_a_bad_model_fails_alone(zoo_manifest
     second_s = time.perf_counter() - t0
     assert all(second[n].cached and second[n].alleles == first[n].alleles for n in second)
     assert second_s < 2.0, f"a cached run took {second_s:.1f} s"
+
+    # the stage, on the cached fingerprints: files, the copy dropped as a near-duplicate, priors
+    from lensray.config.load import config_from_dict
+    from lensray.stages.base import get_stage
+
+    scores = tmp_path / "scores.csv"
+    scores.write_text("model,score\nllama-text-32,0.5\nneox-copy-48,0.2\n")
+    cfg = config_from_dict({
+        "backend": "hf", "output": str(tmp_path / "out"),
+        "pool": {"models": [{"name": m.name, "path": m.path} for m in models[:3]]},
+        "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 256},
+        "data": {"path": zoo_manifest["task"]}, "stages": {"pre": ["phylo"]}, "scheduler": {"synchronous": False},
+        "phylo": {"genes": 6, "samples": 4, "genes_per_call": 3, "cache_dir": str(tmp_path / "cache"),
+                  "scores": str(scores)},
+    })
+    pool = Pool([Candidate(m.name, m) for m in models[:3]])
+    folder = tmp_path / "experiment"
+    out = get_stage("pre", "phylo").run(cfg, pool, folder)
+    assert out.names == ["llama-text-32", "neox-copy-48"]
+    assert out.dropped == {"llama-text-32-again": "near-duplicate of llama-text-32 (d = 0)"}
+    assert set(out.priors) == set(out.names) and out.priors["neox-copy-48"]["phylo_loss"] > 0
+    for name in ("phylo_distances.parquet", "phylo_tree.nwk", "phylo_tree.png", "phylo.json"):
+        assert (folder / name).is_file(), name
+    assert read_matrix(folder / "phylo_distances.parquet")[0] == [m.name for m in models[:3]]

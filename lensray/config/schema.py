@@ -19,6 +19,7 @@ from lensray.predict.methods import get_predictor
 from lensray.probe.base import get_backend
 from lensray.probe.hf.recipe import ProbeConfig
 from lensray.stages.base import get_stage
+from lensray.stages.phylo.fingerprint import PhyloConfig
 
 NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
 
@@ -174,6 +175,8 @@ class SelectConfig:
     """Curve fitting, and the predictor (`fit.method`)."""
     stages: StagesConfig = field(default_factory=StagesConfig)
     """Pre- and post-sweep stages."""
+    phylo: PhyloConfig = field(default_factory=PhyloConfig)
+    """The `phylo` pre-sweep stage: PhyloLM fingerprints, tree, near-duplicates, priors."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """Replay backend settings."""
     data: DataConfig | None = None

@@ -50,7 +50,7 @@ def write_report(selection: Selection, out_dir: Path) -> list[Path]:
     paths = [out_dir / n for n in ("selection.json", "observations.parquet", "report.md", "curves.png")]
     paths[0].write_text(json.dumps(selection.doc, indent=1) + "\n")
     _write_observations(selection, paths[1])
-    paths[2].write_text(_markdown(selection))
+    paths[2].write_text(_markdown(selection) + _phylo_section(out_dir))
     plot_curves(selection, paths[3])
     return paths
 
@@ -115,13 +115,25 @@ def _markdown(selection: Selection) -> str:
         + (f" (spent {full:.2%} of it)" if full is not None else ""),
         f"- {d['decisions']} scheduler decisions, {d['wall_s']:.1f} s wall",
         "",
-        "Intervals come from the local power-law fit at the largest probed sizes (see lensray/fit.py); "
+        "Intervals come from the predictor's fit at the largest probed sizes (docs/predictor.md); "
         "a candidate stopped early could not, with that confidence, reach the top k.",
         "",
         "![curves](curves.png)",
         "",
     ]
     return "\n".join(lines)
+
+
+def _phylo_section(out_dir: Path) -> str:
+    """The family tree the `phylo` stage drew into the folder, if it ran."""
+    if not (out_dir / "phylo_tree.png").exists():
+        return ""
+    return "\n".join([
+        "## Family tree (PhyloLM)", "",
+        "Neighbour joining on the genetic distances of the models' fingerprints (phylo_tree.nwk, "
+        "phylo_distances.parquet; cost and near-duplicate groups in phylo.json).", "",
+        "![family tree](phylo_tree.png)", "",
+    ])
 
 
 def _unreliable_note(doc: dict[str, Any]) -> list[str]:

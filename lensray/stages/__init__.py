@@ -1,3 +1,6 @@
 """Pre-sweep stages (Pool -> Pool) and post-sweep stages (Selection -> Selection + files), looked
-up by name from the config's `stages` (`base`).
+up by name from the config's `stages` (`base`). The built-in ones register themselves here:
+`phylo` (pre-sweep, lensray.stages.phylo.stage).
 """
+
+from lensray.stages.phylo import stage as _phylo  # noqa: F401  (registers the `phylo` stage)

@@ -48,6 +48,10 @@ def allele_matrix(fingerprints: Sequence[Alleles]) -> sparse.csr_matrix:
     return sparse.csr_matrix((vals, (rows, cols)), shape=(len(fingerprints), len(columns)), dtype=np.float64)
 
 
+ROUNDING = 1e-12
+"""Distances below this are floating-point rounding of identical fingerprints: 0."""
+
+
 def similarity(fingerprints: Sequence[Alleles]) -> np.ndarray:
     """The (M, M) matrix S(i, j) of Nei's identity summed over all genes (see the module)."""
     p = allele_matrix(fingerprints)
@@ -57,8 +61,10 @@ def similarity(fingerprints: Sequence[Alleles]) -> np.ndarray:
 
 
 def distance(fingerprints: Sequence[Alleles]) -> np.ndarray:
-    """The (M, M) genetic distance d = -ln(max(S, 1e-10)), 0 on the diagonal."""
+    """The (M, M) genetic distance d = -ln(max(S, 1e-10)), 0 on the diagonal and between
+    identical fingerprints (whose S rounds to a hair below 1)."""
     d = -np.log(np.maximum(similarity(fingerprints), EPS))
+    d[d < ROUNDING] = 0.0
     np.fill_diagonal(d, 0.0)
     return d
 

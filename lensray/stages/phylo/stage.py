@@ -1,0 +1,115 @@
+"""The `phylo` pre-sweep stage (`stages: {pre: [phylo]}`): fingerprint every model of the pool,
+write the distances and the tree, drop near-duplicates, and attach a prior to every Candidate
+when losses at T are known for some models (`phylo.scores`).
+
+Files written into the experiment folder::
+
+    phylo_distances.parquet   the genetic distances, one row and one column per model
+    phylo_tree.nwk            the neighbour-joining tree (Newick)
+    phylo_tree.png            its dendrogram, models coloured by family (the name's first
+                              dash-separated word: the architecture, for the zoo's models)
+    phylo.json                per model: tokens and seconds its fingerprint cost, cached or not,
+                              its error if it failed; the near-duplicate groups; the priors
+
+A model whose fingerprint fails stays in the pool, unfingerprinted, with the reason printed and
+in phylo.json: a bad model never fails the others. Only the models and the settings enter the
+fingerprint cache's key, so re-running a sweep re-uses every fingerprint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lensray.core.errors import ConfigError
+from lensray.core.types import Pool
+from lensray.stages.base import register_stage
+
+if TYPE_CHECKING:
+    from lensray.config.schema import SelectConfig
+
+FILES = ("phylo_distances.parquet", "phylo_tree.nwk", "phylo_tree.png", "phylo.json")
+
+
+def read_scores(path: str | Path) -> dict[str, float]:
+    """Known losses (or errors) at T by model, from a CSV with columns `model` and `score`."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"phylo.scores={str(path)!r}: no such file; give a CSV with columns model,score or leave it empty")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"model", "score"} <= set(rows[0]):
+        raise ConfigError(f"phylo.scores={str(path)!r}: needs the columns model and score (one row per model)")
+    try:
+        return {r["model"]: float(r["score"]) for r in rows}
+    except ValueError as err:
+        raise ConfigError(f"phylo.scores={str(path)!r}: a score is not a number ({err})") from None
+
+
+def family_of(model) -> str:
+    """The family a model is coloured by in the tree."""
+    return model.name.split("-")[0]
+
+
+class PhyloStage:
+    """Fingerprints, tree, near-duplicates and priors of the pool (see the module)."""
+
+    name = "phylo"
+
+    def run(self, cfg: "SelectConfig", pool: Pool, folder: Path) -> Pool:
+        from lensray.stages.phylo.duplicates import drop_reasons, near_duplicates
+        from lensray.stages.phylo.fingerprint import fingerprint_models
+        from lensray.stages.phylo.genes import draw_genes, texts_from_data, texts_from_file
+        from lensray.stages.phylo.prior import priors
+        from lensray.stages.phylo.similarity import distance, write_matrix
+        from lensray.stages.phylo.tree import nj_tree, plot_tree, write_newick
+        from lensray.sweep.run import init_ray
+
+        p = cfg.phylo
+        if not p.genes_path and cfg.data is None:
+            raise ConfigError("the phylo stage needs texts to cut genes from: set phylo.genes_path or a data section")
+        texts = texts_from_file(p.genes_path) if p.genes_path else texts_from_data(cfg.data)
+        genes = draw_genes(texts, n=p.genes, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars)
+        models = list({c.model.name: c.model for c in pool.candidates}.values())
+        init_ray(cfg)
+        prints = fingerprint_models(models, genes, p)
+        for fp in prints.values():
+            if not fp.ok:
+                print(f"phylo: {fp.model}: no fingerprint, kept unfingerprinted: {fp.error}", file=sys.stderr)
+        done = [m for m in models if prints[m.name].ok]
+        names = [m.name for m in done]
+        summary = {"genes": len(genes), "models": {n: fp.to_dict() | {"alleles": None} for n, fp in prints.items()},
+                   "groups": [], "priors": {}}
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(done) >= 2:
+            d = distance([prints[n].alleles for n in names])
+            write_matrix(folder / FILES[0], names, d)
+            if len(done) >= 3:
+                tree = nj_tree(names, d)
+                write_newick(tree, folder / FILES[1])
+                plot_tree(tree, folder / FILES[2], {m.name: family_of(m) for m in done})
+            groups = near_duplicates(names, d, {n: prints[n].n_params for n in names}, p.duplicate_threshold)
+            summary["groups"] = [{"kept": g.representative, "dropped": g.distances} for g in groups]
+            if groups and not p.probe_all:
+                pool = pool.drop(drop_reasons(pool, groups))
+            if p.scores:
+                known = {n: v for n, v in read_scores(p.scores).items() if n in names}
+                found = priors(names, d, known, p.prior_neighbours, p.prior_bandwidth, p.prior_level)
+                summary["priors"] = {n: pr.to_dict() for n, pr in found.items()}
+                pool = Pool(pool.candidates, pool.dropped, {
+                    **pool.priors,
+                    **{c.name: found[c.model.name].to_dict() for c in pool.candidates if c.model.name in found},
+                })
+        (folder / FILES[3]).write_text(json.dumps(summary, indent=1, default=_finite) + "\n")
+        return pool
+
+
+def _finite(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
+register_stage("pre", PhyloStage())
