@@ -36,12 +36,14 @@ def test_one_abrupt_step_moves_the_prediction_by_less_than_its_interval(after):
     losses = _pool()
     stepped = losses.copy()
     stepped[0, after:] *= np.exp(-0.3)  # a 26% drop between two adjacent sizes, then the old slope
+    # the step lowers the true loss at T by 0.3 in log (the old slope, from a lower level): the
+    # prediction may follow that, and must not move by more than its interval beyond it
     plain, step = fit_blend(SIZES, losses, FAR)[0], fit_blend(SIZES, stepped, FAR)[0]
     assert step.ok
-    assert abs(np.log(plain.predicted_loss / step.predicted_loss)) <= _half_width(step)
+    assert abs(np.log(plain.predicted_loss / step.predicted_loss) - 0.3) <= _half_width(step)
     if after > 5:  # the least-squares slope through the last three sizes extrapolates the step
         local_plain, local_step = fit_local(SIZES, losses, FAR)[0], fit_local(SIZES, stepped, FAR)[0]
-        assert abs(np.log(local_plain.predicted_loss / local_step.predicted_loss)) > 2 * _half_width(local_step)
+        assert abs(np.log(local_plain.predicted_loss / local_step.predicted_loss) - 0.3) > 2 * _half_width(local_step)
 
 
 def test_intervals_hold_about_their_level_on_pools_drawn_from_the_prior():

@@ -3,12 +3,12 @@
     python -m lensray.bench.calibrate [--part dev]
 
 For every dev pool (lensray.bench.synth.SUITE_PARTS) and budget of `lensray bench curves`, the
-`blend` predictor is fitted with its three calibrated terms at zero (`FitConfig.extrapolation_sd`,
+`blend` predictor is fitted with its three calibrated terms at zero (`FitConfig.extrapolation_growth`,
 `shared_sd`, `flat_sd`; predict/blend.py), and each term is then chosen, in that order, as the
 smallest value on a grid whose 90% intervals hold at least 90% of the truths, averaged over the
 budgets:
 
-    extrapolation_sd  intervals of differences of reliable, non-flat fits (the stopping rule's)
+    extrapolation_growth  intervals of differences of reliable, non-flat fits (the stopping rule's)
     shared_sd         intervals of the losses of those fits
     flat_sd           intervals of the losses of flat candidates (their borrowed uncertainty)
 
@@ -52,7 +52,7 @@ class Cell:
 
 def cells(part: str = "dev") -> dict[str, list[Cell]]:
     """The cells of the part's pools, by budget label."""
-    raw = FitConfig(extrapolation_sd=0.0, shared_sd=0.0, flat_sd=0.0)
+    raw = FitConfig(extrapolation_growth=0.0, shared_sd=0.0, flat_sd=0.0)
     out: dict[str, list[Cell]] = {}
     for seed in SUITE_PARTS[part]:
         curves = suite_pool(seed)
@@ -95,20 +95,20 @@ def calibrate(part: str = "dev", level: float = 0.9) -> dict[str, float]:
 
     def pairs(kappa: float):
         def inside(c: Cell) -> np.ndarray:
-            e, s = c.error[c.reliable], np.hypot(c.sd[c.reliable], kappa * c.delta)
+            e, s = c.error[c.reliable], c.sd[c.reliable] * (1.0 + kappa * c.delta)
             i, j = np.triu_indices(e.size, 1)
             return np.abs(e[i] - e[j]) <= z * np.hypot(s[i], s[j])
         return inside
 
     def singles(kappa: float, lam: float):
         def inside(c: Cell) -> np.ndarray:
-            s = np.hypot(np.hypot(c.sd, kappa * c.delta), lam * c.delta**2)[c.reliable]
+            s = np.hypot(c.sd * (1.0 + kappa * c.delta), lam * c.delta**2)[c.reliable]
             return np.abs(c.error[c.reliable]) <= z * s
         return inside
 
     def flats(kappa: float, lam: float, phi: float):
         def inside(c: Cell) -> np.ndarray:
-            s = np.hypot(np.hypot(np.hypot(c.sd, kappa * c.delta), phi * c.fall), lam * c.delta**2)[c.flat]
+            s = np.hypot(np.hypot(c.sd * (1.0 + kappa * c.delta), phi * c.fall), lam * c.delta**2)[c.flat]
             return np.abs(c.error[c.flat]) <= z * s
         return inside
 
@@ -122,7 +122,7 @@ def calibrate(part: str = "dev", level: float = 0.9) -> dict[str, float]:
     kappa = smallest(lambda k: _coverage(by_budget, pairs(k)))
     lam = smallest(lambda v: _coverage(by_budget, singles(kappa, v)))
     phi = smallest(lambda v: _coverage(by_budget, flats(kappa, lam, v)))
-    return {"extrapolation_sd": kappa, "shared_sd": lam, "flat_sd": phi}
+    return {"extrapolation_growth": kappa, "shared_sd": lam, "flat_sd": phi}
 
 
 def main(argv: list[str] | None = None) -> int:

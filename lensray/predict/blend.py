@@ -5,7 +5,7 @@ suite::
     m_seg = log L(D_last) + g * Delta                 g: median slope of the last `fit.window`
                                                       segments between adjacent sizes
     m = (m_seg + m_AtS) / 2                           predicted log-loss at T
-    s^2 = s_local^2 + (kappa * Delta)^2               s.d. of the candidate's own error
+    s = s_local * (1 + kappa * Delta)                 s.d. of the candidate's own error
     s_shared = lambda * Delta^2                       s.d. of the error the pool shares
     interval = exp(m -+ z * sqrt(s^2 + s_shared^2)),  Delta = log(T / D_last)
 
@@ -21,9 +21,11 @@ PearCorr (docs/predictor.md).
 The error of a prediction has a part the pool shares (the curves of one task bend alike after the
 budget) and a part of the candidate's own. `sd_log` = s is the latter: the stopping rule compares
 candidates by the s.d. of a difference, sqrt(s_i^2 + s_j^2), in which a shared miss cancels. The
-interval, a statement about one candidate's loss at T, carries both. kappa (`fit.extrapolation_sd`)
-and lambda (`fit.shared_sd`) are calibrated so that 90% intervals of differences and of losses
-hold 90% of the truths over the suite's dev pools (`python -m lensray.bench.calibrate`).
+interval, a statement about one candidate's loss at T, carries both. kappa
+(`fit.extrapolation_growth`) and lambda (`fit.shared_sd`) are calibrated so that 90% intervals
+of differences and of losses hold 90% of the truths over the suite's dev pools (`python -m
+lensray.bench.calibrate`). The candidate's own part grows from the local fit's s.d., so it
+follows each pool's measured noise and backtest error: quiet pools get narrow comparisons.
 
 Flat curves (no fall beyond noise yet: the pre-power phase) keep their own prediction (on the
 suite's dev pools and on FLAN and WMT19 it ranks them better than the pool's median fall from
@@ -102,7 +104,7 @@ def fit_blend(sizes, losses, target: int, names: list[str] | None = None, config
     fits = []
     for i, f in enumerate(local):
         mean = 0.5 * (log_y[i, -1] + slopes[i] * delta + ats_slopes[i] * log_t + ats_icepts[i])
-        sd = float(np.hypot(f.sd_log, cfg.extrapolation_sd * delta))
+        sd = float(f.sd_log * (1.0 + cfg.extrapolation_growth * delta))
         ok, reason, flat = f.ok, f.reason, f.reason == FLAT_REASON
         if flat and borrowed is not None:
             sd = float(np.hypot(sd, cfg.flat_sd * borrowed * delta))

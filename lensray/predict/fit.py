@@ -46,13 +46,14 @@ class FitConfig:
     """Smallest log-space noise per point assumed (0.005 = 0.5% of the loss)."""
     window: int = 3
     """Number of largest sizes the local fit uses for its slope."""
-    extrapolation_sd: float = 0.0515
-    """`blend`: s.d. of a candidate's own log-loss error per unit of log-distance to T, added to
-    the local fit's (calibrated on the predictor suite's dev pools: python -m lensray.bench.calibrate)."""
-    shared_sd: float = 0.012
+    extrapolation_growth: float = 0.3525
+    """`blend`: growth of a candidate's own log-loss s.d. per unit of log-distance to T, as a
+    multiple of the local fit's s.d. (calibrated on the predictor suite's dev pools: python -m
+    lensray.bench.calibrate)."""
+    shared_sd: float = 0.01
     """`blend`: s.d. of the log-loss error the pool shares, per squared unit of log-distance to T
     (in the intervals, not in the stopping rule's comparisons; calibrated likewise)."""
-    flat_sd: float = 1.12
+    flat_sd: float = 1.0375
     """`blend`: s.d. of a flat candidate's borrowed fall, as a multiple of the fall the pool's median
     slope predicts (calibrated likewise)."""
     beta_min: float = 0.05
@@ -69,7 +70,7 @@ class FitConfig:
             raise ValueError(f"fit.level must be in (0, 1), got {self.level}; e.g. 0.9")
         if self.noise_floor <= 0:
             raise ValueError(f"fit.noise_floor must be > 0, got {self.noise_floor}; e.g. 0.005")
-        for name in ("extrapolation_sd", "shared_sd", "flat_sd"):
+        for name in ("extrapolation_growth", "shared_sd", "flat_sd"):
             if getattr(self, name) < 0:
                 raise ValueError(f"fit.{name} must be >= 0, got {getattr(self, name)}; e.g. {getattr(FitConfig, name)}")
         if self.window < 2:
