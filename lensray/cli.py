@@ -7,6 +7,7 @@
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
+    lensray bench curves --suite [--part dev|held-out|all] [--methods M ...] [--json OUT]
     lensray bench select | scale | probe                  sweep quality/cost, scale, probe throughput
 
 `--set section.field=value` (the value in YAML) overrides any config field, e.g.
@@ -108,10 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the packaged FLAN and WMT19 curves",
     )
     curves.add_argument("--json", metavar="OUT", help="also write the scores as JSON to OUT")
+    curves.add_argument(
+        "--suite", action="store_true",
+        help="the predictor suite: the packaged, the recorded and synthetic pools, summarised per group, "
+        "with the default predictor's targets (lensray/bench/suite.py)",
+    )
+    curves.add_argument(
+        "--part", choices=("dev", "held-out", "all"),
+        help="with --suite: the synthetic pools, dev (40, developed on), held-out (120, reported) or all "
+        "(default held-out)",
+    )
+    curves.add_argument("--methods", nargs="+", metavar="M", help="only these methods (default: every method)")
     sel = bench_sub.add_parser("select", help="real replay sweeps through Tune at every budget: quality and cost")
     sel.add_argument("--data", action="append", metavar="CSV", help="curves file; repeatable; default: the packaged curves")
     sel.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     sel.add_argument("--out", metavar="DIR", default="out/bench-select", help="where the sweeps' files go: a new or empty folder, or one a bench made")
+    sel.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                     help="also sweep with Tune's ASHA (reduction factors 2, 3, 4) and median stopping rule (default: on)")
     scale = bench_sub.add_parser("scale", help="a replay sweep over many synthetic candidates: wall time, scheduler share")
     scale.add_argument("--candidates", type=int, default=1000, help="pool size (default 1000)")
     scale.add_argument("--synchronous", action="store_true", help="synchronous rungs (a Tune pause per size; slower)")
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench == "curves":
             from lensray.bench.curves import run_bench_curves
 
-            return run_bench_curves(args.data, args.json)
+            return run_bench_curves(args.data, args.json, args.methods, args.suite, args.part)
         if args.command == "bench":
             return _bench_sweep(args)
     except LensrayError as err:
@@ -231,7 +245,7 @@ def bench_outputs(args: argparse.Namespace) -> list[str]:
     from lensray.core.curves import packaged_curves
 
     if args.bench == "select":
-        return select_outputs([Path(p) for p in args.data] if args.data else packaged_curves())
+        return select_outputs([Path(p) for p in args.data] if args.data else packaged_curves(), args.baselines)
     return scale_outputs(args.candidates)
 
 
@@ -255,7 +269,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
             old.unlink()
     if args.bench == "select":
         paths = [Path(p) for p in args.data] if args.data else packaged_curves()
-        result = bench_select(paths, out)
+        result = bench_select(paths, out, baselines=args.baselines)
         print(format_select(result, paths))
     else:
         result = bench_scale(args.candidates, out, args.synchronous)

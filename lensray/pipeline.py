@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lensray.config.schema import SelectConfig
 from lensray.core.errors import ConfigError
@@ -26,9 +27,13 @@ from lensray.stages.base import get_stage
 from lensray.sweep.record import STATE_FILE
 from lensray.sweep.run import run_sweep
 
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
 
-def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> Selection:
-    """Run (or resume) the whole pipeline and write the report files."""
+
+def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False, scheduler: "TrialScheduler | None" = None) -> Selection:
+    """Run (or resume) the whole pipeline and write the report files. `scheduler`: a Tune
+    scheduler to sweep with instead of lensray's curve-fit one (lensray.sweep.run)."""
     storage = cfg.storage()
     storage.pull(STATE_FILE)
     if (storage.local / STATE_FILE).exists() and not resume:
@@ -47,7 +52,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False) -> 
     for name in cfg.stages.pre:
         pool = get_stage("pre", name).run(cfg, pool, storage.local)
     t0 = time.time()
-    state, errors, scheduler_s = run_sweep(cfg, pool, resume, quiet)
+    state, errors, scheduler_s = run_sweep(cfg, pool, resume, quiet, scheduler)
     selection = build_selection(cfg, pool, state, errors, wall_s=time.time() - t0, scheduler_s=scheduler_s)
     files: list[Path] = []
     for name in cfg.stages.post:

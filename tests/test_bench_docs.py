@@ -1,7 +1,7 @@
 """docs/benchmarks.md's generator (lensray.bench.docs): the tables hold the benches' figures.
 
 Runs `bench curves` in-process on the packaged curves (three methods, a few seconds, no Ray) and
-feeds hand-made `bench select` / `scale` / `probe` results of the shape those benches return, and
+its suite on two synthetic pools (two methods), and feeds hand-made `bench select` / `scale` / `probe` results of the shape those benches return, and
 hand-made `lensray verify --json` results of the shape lensray/verify.py writes.
 """
 
@@ -27,7 +27,7 @@ from lensray.bench.curves import (
     run_bench_curves,
 )
 from lensray.core.curves import packaged_curves, read_curves
-from lensray.predict.methods import predict
+from lensray.predict.methods import DEFAULT_PREDICTOR, predict
 from lensray.predict.metrics import pearcorr, relacc
 
 METHODS = ["AtS", "ZeroShot", "local"]
@@ -65,7 +65,8 @@ def curves_result():
 
 @pytest.fixture(scope="module")
 def curves_doc(curves_result):
-    return bench_json(curves_result, ONE_FIT_MS, packaged_curves(), packaged=True)
+    data = [read_curves(p) for p in packaged_curves()]
+    return bench_json(curves_result, ONE_FIT_MS, data, packaged_curves(), packaged=True)
 
 
 @pytest.fixture()
@@ -88,9 +89,9 @@ def section(text: str, title: str) -> str:
 
 
 def test_bench_curves_json_holds_every_figure_the_tables_need(curves_result, curves_doc):
-    assert list(curves_doc) == ["scores", "level", "coverage", "pair_coverage", "budgets", "wall_s",
+    assert list(curves_doc) == ["scores", "regret", "level", "coverage", "pair_coverage", "budgets", "wall_s",
                                 "fit_ms_median", "one_fit_ms", "notes", "data", "packaged", "machine"]
-    assert curves_doc["scores"] == curves_result.scores
+    assert curves_doc["scores"] == curves_result.scores and curves_doc["regret"] == curves_result.regret
     assert curves_doc["coverage"] == curves_result.coverage
     assert curves_doc["pair_coverage"] == curves_result.pair_coverage
     assert curves_doc["budgets"]["flan"]["1/8"] == 204800 and curves_doc["one_fit_ms"] == ONE_FIT_MS
@@ -101,7 +102,7 @@ def test_bench_curves_json_holds_every_figure_the_tables_need(curves_result, cur
 
 
 def test_the_cli_writes_bench_json(tmp_path, monkeypatch, curves_result, capsys):
-    monkeypatch.setattr(bench_curves_module, "bench_curves", lambda paths: curves_result)
+    monkeypatch.setattr(bench_curves_module, "bench_curves", lambda data, methods=None: curves_result)
     monkeypatch.setattr(bench_curves_module, "time_one_fit", lambda m: ONE_FIT_MS[m])
     out = tmp_path / "c.json"
     assert run_bench_curves(None, str(out)) == 0
@@ -175,6 +176,35 @@ def test_scale_and_probe_tables(page):
     probe = section(text, "## Probe throughput")
     assert "| `tokens_per_s` | 9087 |" in probe and "| `lora` | false |" in probe
     assert all(f"| `{k}` |" in probe for k in PROBE)
+
+
+def test_select_baselines_sit_beside_lensray_with_a_summary_per_scheduler(tmp_path):
+    from lensray.bench.select import BASELINES
+
+    def base(observed, ats, frac):
+        return {b.key: {"relacc_observed": observed, "relacc_ats": ats, "fraction_of_all_probes": frac,
+                        "reached_budget": 4} for b in BASELINES}
+
+    doc = {"flan": {"1/8": select_cell(100.0, 80.0, 0.21, 0.01) | {"baselines": base(60.0, 90.0, 0.3)},
+                    "1/16": select_cell(80.0, 70.0, 0.25, 0.005) | {"baselines": base(40.0, 70.0, 0.5)}}}
+    path = tmp_path / "bench-select.json"
+    path.write_text(json.dumps(doc))
+    text = section(docs.generate([path]), "## Replay sweeps through Tune")
+    assert "Baselines: the same pool and budget swept through Tune with `ASHA rf=2`" in text
+    header = "| gamma | B | lensray RelAcc | lensray cost | " + " | ".join(b.label for b in BASELINES) + " |"
+    assert header in text
+    assert "| 1/8 | 204800 | 100.0 | 0.210 | " + " | ".join(["60.0 / 90.0 / 0.300"] * len(BASELINES)) + " |" in text
+    summary = section(text, "### Summary over every cell")
+    assert "Over the 2 cells a sweep filled" in summary
+    assert "| lensray | its selection | 90.0 | 80.0 | 0.210 to 0.250 |" in summary
+    for b in BASELINES:
+        assert f"| {b.label} | lowest loss at B | 50.0 | 40.0 | 0.300 to 0.500 |" in summary
+        assert f"| {b.label} | AtS on the trials that reached B | 80.0 | 70.0 | 0.300 to 0.500 |" in summary
+    flan = read_curves(next(p for p in packaged_curves() if p.stem == "flan"))
+    ats = [round2(relacc(predict("AtS", flan.upto(b), int(flan.sizes[-1])).selected, flan.losses[:, -1]))
+           for g, b in budgets(flan) if g in doc["flan"]]
+    assert (f"| AtS | every candidate, at every size | {fmt(round2(statistics.mean(ats)))} | {fmt(min(ats))} | 1.000 |"
+            in summary)
 
 
 def test_a_missing_file_says_which_command_makes_it(tmp_path, curves_doc, capsys):
@@ -266,3 +296,49 @@ def test_the_pages_links_land_on_headings_of_the_design_notes(page, tmp_path):
     for file, anchor in links:
         assert (root / file).is_file(), file
         assert not anchor or anchor in anchors((root / file).read_text()), f"{file}#{anchor}"
+
+
+# --- bench curves --suite -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def suite_doc():
+    from lensray.bench.suite import run_suite, suite_json
+
+    return json.loads(json.dumps(suite_json(run_suite("dev", ["AtS", DEFAULT_PREDICTOR], pools=2, quiet=True))))
+
+
+def test_the_suite_section_holds_each_groups_figures_and_the_targets(tmp_path, suite_doc):
+    path = tmp_path / "bench-suite.json"
+    path.write_text(json.dumps(suite_doc))
+    assert docs.kind_of(suite_doc, path) == "suite"
+    text = docs.generate([path])
+    suite = section(text, "## Predictor suite")
+    assert f"Command: `lensray bench curves --suite --part dev --json {path}` (dev: 2 pools, seeds 0..1;" in suite
+    synth = section(suite, "### synthetic dev (2 data set(s))")
+    o = suite_doc["summary"]["synthetic dev"][DEFAULT_PREDICTOR]["overall"]
+    row = next(line for line in synth.splitlines() if line.startswith(f"| `{DEFAULT_PREDICTOR}` |")).strip("| ").split(" | ")
+    assert row[1:7] == [fmt(o[k][q]) for k in ("pearcorr", "relacc") for q in ("mean", "p10", "worst")]
+    assert row[7] == f"{100 * o['log_regret']:.2f}" and row[8] == f"{100 * o['coverage']:.0f}"
+    by = suite_doc["summary"]["synthetic dev"][DEFAULT_PREDICTOR]["by_budget"]["1/8"]
+    assert f"| `{DEFAULT_PREDICTOR}` | {fmt(by['pearcorr']['mean'])} / {fmt(by['relacc']['mean'])} |" in synth
+    cov_rows = [line for line in synth.splitlines() if line.startswith("| `AtS` |")]
+    assert len(cov_rows) == 2  # AtS fits no interval: no coverage row
+    assert "### real (2 data set(s))" in suite
+    targets = section(suite, "### Targets of the default predictor against AtS")
+    first = suite_doc["targets"][0]
+    verdict = "met" if first["met"] else f"missed by {first['miss']:.2f}"
+    assert f"| {first['group']} | {first['what']} | {verdict} | {first['figure']} |" in targets
+    assert f"{sum(t['met'] for t in suite_doc['targets'])} of {len(suite_doc['targets'])} met." in targets
+    if not suite_doc["groups"]["recorded"]:  # no recorded zoo curves in this checkout
+        assert "- recorded: no data sets" in suite
+    root = Path(__file__).resolve().parents[1] / "docs"
+    for file, anchor in re.findall(r"\]\(([\w.-]+\.md)(?:#([\w-]+))?\)", suite):
+        assert not anchor or anchor in anchors((root / file).read_text()), f"{file}#{anchor}"
+
+
+def test_a_missing_suite_file_says_which_command_makes_it(tmp_path):
+    missing = tmp_path / "bench-suite.json"
+    text = docs.generate([missing])
+    assert (f"`{missing}` is missing: run `lensray bench curves --suite --json {missing}` (or `make bench`)"
+            in section(text, "## Predictor suite"))

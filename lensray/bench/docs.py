@@ -1,13 +1,14 @@
 """docs/benchmarks.md from the benchmarks' JSON: every table there is generated, none typed in.
 
-    make bench   # writes out/bench-{curves,select,scale,probe}.json, then selects and verifies
+    make bench   # writes out/bench-{curves,suite,select,scale,probe}.json, then selects and verifies
                  # the two demos: out/verify-demo.json, out/verify-sde-demo.json (tens of minutes)
     make docs    # python -m lensray.bench.docs --out docs/benchmarks.md
 
     python -m lensray.bench.docs [--out FILE | --out -] [JSON ...]
 
-The inputs default to the six files `make bench` writes. Each file is recognised by its shape:
-`bench curves`' has "scores", `bench scale`'s "scheduler_share", `bench probe`'s "tokens_per_s",
+The inputs default to the seven files `make bench` writes. Each file is recognised by its shape:
+`bench curves`' has "scores", `bench curves --suite`'s "summary" and "targets", `bench scale`'s
+"scheduler_share", `bench probe`'s "tokens_per_s",
 `bench select`'s is {dataset: {gamma: cell}}, and `lensray verify --json`'s has the keys of
 VERIFY_KEYS. There is one file of each bench, and any number of verify files, each a run titled
 by its file stem (`verify-demo`); the command shown for a run is the one `make bench` runs for
@@ -29,15 +30,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lensray.bench.curves import budgets, fmt, round2
+from lensray.bench.curves import budgets, fmt
+from lensray.bench.select import BASELINES, PICKS, ats_at, summary
 from lensray.core.curves import Curves, packaged_curves, read_curves
-from lensray.predict.methods import predict
-from lensray.predict.metrics import pearcorr, relacc
 
-KINDS = ("curves", "select", "scale", "probe")
+KINDS = ("curves", "suite", "select", "scale", "probe")
 DEFAULT_INPUTS = {kind: Path(f"out/bench-{kind}.json") for kind in KINDS}
 MAKES = {
     "curves": "lensray bench curves --json {path}",
+    "suite": "lensray bench curves --suite --json {path}",
     "select": "lensray bench select --json {path}",
     "scale": "lensray bench scale --candidates 1000 --json {path}",
     "probe": "lensray bench probe --json {path}",
@@ -52,6 +53,7 @@ given to `lensray select` and `lensray verify` (None: the packaged demo, no CONF
 DEFAULT_VERIFY = [Path(f"out/{stem}.json") for stem in VERIFY_RUNS]
 TITLES = {
     "curves": "Predictor on recorded curves",
+    "suite": "Predictor suite",
     "select": "Replay sweeps through Tune",
     "scale": "Scale",
     "probe": "Probe throughput",
@@ -78,6 +80,8 @@ def kind_of(doc: Any, path: Path) -> str:
         return VERIFY
     if isinstance(doc, dict) and "scores" in doc:
         return "curves"
+    if isinstance(doc, dict) and "summary" in doc and "targets" in doc:
+        return "suite"
     if isinstance(doc, dict) and "scheduler_share" in doc:
         return "scale"
     if isinstance(doc, dict) and "tokens_per_s" in doc:
@@ -88,8 +92,8 @@ def kind_of(doc: Any, path: Path) -> str:
     ):
         return "select"
     raise DocsError(
-        f"{path}: not the JSON of a bench (expected what `lensray bench curves|select|scale|probe "
-        "--json` or `lensray verify --json` writes)"
+        f"{path}: not the JSON of a bench (expected what `lensray bench curves [--suite]|select|scale|"
+        "probe --json` or `lensray verify --json` writes)"
     )
 
 
@@ -244,19 +248,80 @@ def curves_section(path: Path, doc: dict) -> list[str]:
     return lines
 
 
+# --- bench curves --suite -----------------------------------------------------------------------
+
+
+def suite_overall_rows(by_method: dict[str, dict]) -> list[list[str]]:
+    """Per method, over a group's (data set, budget) cells: PearCorr and RelAcc (mean, 10th
+    percentile, worst), mean log-regret (x100) and coverage (%)."""
+    rows = []
+    for m, s in by_method.items():
+        o = s["overall"]
+        log_regret = o.get("log_regret")
+        rows.append([
+            f"`{m}`", *(fmt(o[k][q]) for k in ("pearcorr", "relacc") for q in ("mean", "p10", "worst")),
+            "n/a" if log_regret is None else f"{100 * log_regret:.2f}", pct(o.get("coverage")),
+            pct(o.get("pair_coverage")),
+        ])
+    return rows
+
+
+def suite_section(path: Path, doc: dict) -> list[str]:
+    """bench curves --suite: per group the overall table and the per-budget PearCorr / RelAcc and
+    coverage of each method, then the default predictor's targets against AtS."""
+    part = "" if doc.get("part", "held-out") == "held-out" else f" --part {doc['part']}"
+    seeds = "; ".join(f"{p}: {len(s)} pools, seeds {s[0]}..{s[-1]}" for p, s in doc.get("seeds", {}).items() if s)
+    level = doc.get("level", 0.9)
+    lines = [
+        (f"Command: `lensray bench curves --suite{part} --json {path}` ({seeds}; "
+        f"{doc.get('wall_s', 0):.0f} s). Every method on the packaged curves (real), the zoo's recorded "
+        "curves (recorded) and synthetic pools with steps, noise, outliers, late transitions, floors, "
+        "crossings and families (lensray/bench/synth.py), each group on its own; methods are developed "
+        "on the real and the dev pools, the held-out pools are what is reported "
+        "([predictor.md](predictor.md#the-benchmark-lensray-bench-curves)). Over the (pool, budget) "
+        "cells: PearCorr and RelAcc (x100: mean, 10th percentile, worst), the mean log-regret "
+        "(100 log(L_pick / L_best) at T) and the mean over the pools of the coverage of the "
+        f"{level:.0%} intervals at T (single: % of candidates; pairwise: % of pairs of reliable fits)."),
+    ]
+    for group, names in doc["groups"].items():
+        by_method = doc["summary"].get(group)
+        if not by_method:
+            continue
+        lines += ["", f"### {group} ({len(names)} data set(s))", ""]
+        lines += table(["method", "PearCorr", "p10", "worst", "RelAcc", "p10", "worst", "log-regret",
+                        "coverage", "pairwise"], suite_overall_rows(by_method))
+        labels = list(next(iter(by_method.values()))["by_budget"])
+        lines += ["", "Mean PearCorr / mean RelAcc by budget gamma = B/T:", ""]
+        lines += table(["method", *labels], [
+            [f"`{m}`", *(f"{fmt(c['pearcorr']['mean'])} / {fmt(c['relacc']['mean'])}" for c in s["by_budget"].values())]
+            for m, s in by_method.items()
+        ])
+        fitted = {m: s for m, s in by_method.items() if s["overall"].get("coverage") is not None}
+        if fitted:
+            lines += ["", f"Coverage of the {level:.0%} intervals at T by budget, single / pairwise (%):", ""]
+            lines += table(["method", *labels], [
+                [f"`{m}`", *(f"{pct(c['coverage'])} / {pct(c['pair_coverage'])}" for c in s["by_budget"].values())]
+                for m, s in fitted.items()
+            ])
+    if doc.get("targets"):
+        met = sum(t["met"] for t in doc["targets"])
+        lines += ["", "### Targets of the default predictor against AtS", "",
+                  f"{met} of {len(doc['targets'])} met.", ""]
+        lines += table(["group", "target", "verdict", "figures"], [
+            [t["group"], t["what"], "met" if t["met"] else f"missed by {t['miss']:.2f}", t["figure"]]
+            for t in doc["targets"]
+        ])
+    if doc.get("notes"):
+        lines += ["", "Notes:", "", *(f"- {n}" for n in doc["notes"])]
+    return lines
+
+
 # --- bench select -------------------------------------------------------------------------------
 
 
 def packaged_by_name() -> dict[str, Curves]:
     """The packaged curves, by data set name."""
     return {c.name: c for c in map(read_curves, packaged_curves())}
-
-
-def ats_at(curves: Curves, budget: int) -> tuple[float | None, float | None]:
-    """AtS's (RelAcc, PearCorr) on `curves` at `budget`, rounded as `format_select` rounds them."""
-    truth, target = curves.losses[:, -1], int(curves.sizes[-1])
-    ats = predict("AtS", curves.upto(budget), target)
-    return round2(relacc(ats.selected, truth)), round2(pearcorr(ats.scores, truth))
 
 
 def select_rows(cells: dict[str, dict], curves: Curves | None, known_b: dict[str, int | None]) -> list[list[str]]:
@@ -288,16 +353,54 @@ def select_rows(cells: dict[str, dict], curves: Curves | None, known_b: dict[str
     return rows
 
 
+def baseline_rows(cells: dict[str, dict], b_of: dict[str, int | None]) -> list[list[str]]:
+    """One row per budget that ran the baselines: lensray's RelAcc and cost, and each baseline's
+    two RelAccs and cost."""
+    rows = []
+    for label, cell in cells.items():
+        if not cell.get("baselines"):
+            continue
+        budget = b_of.get(label)
+        row = [label, "?" if label not in b_of else "n/a" if budget is None else str(budget),
+               fmt(cell["relacc"]), f"{cell['fraction_of_all_probes']:.3f}"]
+        for base in BASELINES:
+            got = cell["baselines"].get(base.key)
+            row.append(" / ".join([*(fmt(got[k]) for k in PICKS), f"{got['fraction_of_all_probes']:.3f}"]) if got else "n/a")
+        rows.append(row)
+    return rows
+
+
+def select_summary(stats: dict[str, dict[str, tuple[float, float]]]) -> list[list[str]]:
+    """`summary`'s figures, one row per scheduler and pick."""
+    picks = {"relacc": "its selection", "relacc_observed": "lowest loss at B", "relacc_ats": "AtS on the trials that reached B"}
+    rows = []
+    for who, figures in stats.items():
+        lo, hi = figures["cost"]
+        cost = f"{lo:.3f}" if lo == hi else f"{lo:.3f} to {hi:.3f}"
+        for key, (mean, worst) in figures.items():
+            if key != "cost":
+                rows.append([who, "every candidate, at every size" if who == "AtS" else picks[key], fmt(mean), fmt(worst), cost])
+    return rows
+
+
 def select_section(path: Path, doc: dict, curves_doc: dict | None) -> list[str]:
-    """bench select: per data set and budget the sweep's RelAcc, PearCorr and cost, beside AtS's."""
+    """bench select: per data set and budget the sweep's RelAcc, PearCorr and cost, beside AtS's
+    and each baseline's (Tune's own schedulers), and a summary per scheduler over the cells."""
     packaged = packaged_by_name()
     lines = [
         (f"Command: `{MAKES['select'].format(path=path)}`. One real replay sweep through Tune per data "
         "set and budget, probing every size column up to B. fraction_of_all_probes: compute spent / "
         "compute of probing every candidate at every size up to B (what AtS spends); "
         "fraction_of_full: / compute of fine-tuning every candidate at T. AtS: AtS's RelAcc and "
-        f"PearCorr at the same budget. Targets: RelAcc >= AtS's, fraction_of_all_probes <= {COST_TARGET}."),
+        f"PearCorr at the same budget. Targets: RelAcc >= AtS's, fraction_of_all_probes <= {COST_TARGET}. "
+        "Baselines: the same pool and budget swept through Tune with "
+        + ", ".join(f"`{b.label}`" for b in BASELINES)
+        + " (Tune's AsyncHyperBandScheduler with that reduction factor, and its MedianStoppingRule; "
+        "progress is the report index, one per size, grace period the first size, the metric the "
+        "held-out loss): the RelAcc of the lowest loss observed at B among the trials that reached B / "
+        "the RelAcc of AtS on those trials' curves / fraction_of_all_probes."),
     ]
+    scored: list[tuple[dict, float | None]] = []
     for ds, cells in doc.items():
         curves = packaged.get(ds)
         known_b = (curves_doc or {}).get("budgets", {}).get(ds, {})
@@ -309,6 +412,19 @@ def select_section(path: Path, doc: dict, curves_doc: dict | None) -> list[str]:
             unknown = "" if known_b else " B (?) is not known either: bench curves' JSON has no data set of that name."
             lines += [f"{ds} is not a packaged data set: no AtS columns.{unknown}", ""]
         lines += table(header, select_rows(cells, curves, known_b))
+        b_of = dict(budgets(curves)) if curves is not None else known_b
+        scored += [(c, ats_at(curves, b_of[g])[0] if curves is not None and b_of.get(g) else None) for g, c in cells.items()]
+        base_rows = baseline_rows(cells, b_of)
+        if base_rows:
+            lines += ["", f"Baselines on {ds} (RelAcc lowest at B / RelAcc AtS on survivors / fraction_of_all_probes):", ""]
+            lines += table(["gamma", "B", "lensray RelAcc", "lensray cost", *(b.label for b in BASELINES)], base_rows)
+    stats = summary(scored)
+    if stats:
+        n = sum(c.get("relacc") is not None for c, _ in scored)
+        lines += ["", "### Summary over every cell", "",
+                  f"Over the {n} cells a sweep filled (AtS: the packaged data sets' cells): RelAcc mean and worst, "
+                  "and the range of fraction_of_all_probes.", ""]
+        lines += table(["scheduler", "pick", "RelAcc mean", "RelAcc worst", "fraction_of_all_probes"], select_summary(stats))
     return lines
 
 
@@ -414,6 +530,8 @@ def markdown(found: dict[str, tuple[Path, Any]], missing: list[Path]) -> str:
         path, doc = found[kind]
         if kind == "curves":
             lines += curves_section(path, doc)
+        elif kind == "suite":
+            lines += suite_section(path, doc)
         elif kind == "select":
             lines += select_section(path, doc, curves_doc)
         elif kind == "scale":
@@ -426,7 +544,7 @@ def markdown(found: dict[str, tuple[Path, Any]], missing: list[Path]) -> str:
 
 
 def generate(paths: list[Path] | None = None) -> str:
-    """docs/benchmarks.md's text from the JSON files `paths` (default: the six `make bench` writes)."""
+    """docs/benchmarks.md's text from the JSON files `paths` (default: the seven `make bench` writes)."""
     found, missing = load(paths or [*DEFAULT_INPUTS.values(), *DEFAULT_VERIFY])
     for p in missing:
         print(f"lensray.bench.docs: {missing_line(p)}", file=sys.stderr)

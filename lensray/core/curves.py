@@ -4,7 +4,7 @@ Schema (the one of shared/benchmarks/finetune-curves/, from Lin et al. 2024): on
 candidate; a name column (`config name`, else the first column); one column per fine-tuning size
 named by the integer size (`200`, `400`, ...; `200.0` reads as `200`), holding the held-out loss
 after fine-tuning on that many examples; optional `0` (zero-shot loss), `size` (parameter count)
-and `family`.
+and `family`; other columns (such as the `ntk_*` ones `lensray record` writes) are left out.
 CSV or Parquet. Every problem is reported with the file, row and column, and how to fix it.
 
     from lensray.core.curves import read_curves
@@ -66,6 +66,15 @@ class Curves:
 def packaged_curves() -> list[Path]:
     """The recorded curves shipped with lensray (FLAN and WMT19 of Lin et al., Apache-2.0)."""
     root = resources.files("lensray") / "resources" / "curves"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".csv"))
+
+
+def recorded_curves() -> list[Path]:
+    """The curves `lensray record` recorded on the offline zoo and shipped with lensray
+    (lensray/resources/curves/recorded/, whose README.md says how each was made)."""
+    root = resources.files("lensray") / "resources" / "curves" / "recorded"
+    if not root.is_dir():
+        return []
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".csv"))
 
 

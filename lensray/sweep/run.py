@@ -3,6 +3,10 @@ scheduler, progress printed one line per decision.
 
     state, errors, scheduler_s = run_sweep(cfg, pool, resume=False)
 
+`scheduler` replaces the curve-fit scheduler by another Tune scheduler (the baselines of
+`lensray bench select`: ASHA, the median stopping rule); the side file then records what the
+trials report and how each ended (_Record), so the report and the cost read the same.
+
 State lives in `<output>/<name>/` (a folder or a storage URI, lensray.cluster.storage): the side
 file `sweep.jsonl` (lensray.sweep.record) is the record of every Observation, Decision and
 Status, so `resume` launches trials only for unfinished candidates, each skipping the sizes it
@@ -17,15 +21,19 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from lensray.cluster.storage import Storage
 from lensray.config.schema import SelectConfig
 from lensray.core.errors import ConfigError, failure_reason
-from lensray.core.types import Pool, Status
+from lensray.core.types import Observation, Pool, Status
 from lensray.probe.base import Footprint, get_backend
 from lensray.sweep.record import STATE_FILE, SweepRecord, SweepState, read_state
 from lensray.sweep.rule import StoppingRule
 from lensray.sweep.trial import FAILED_KEY
+
+if TYPE_CHECKING:
+    from ray.tune.schedulers import TrialScheduler
 
 MIRROR_EVERY_S = 10.0
 """How often a URI's copy of the side file is refreshed while a sweep runs: a driver lost in
@@ -179,9 +187,52 @@ class _Mirror:
         return Mirror()
 
 
-def run_sweep(cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool = False) -> tuple[SweepState, dict[str, str], float]:
+class _Record:
+    """A Tune callback writing to the side file what the trials of a scheduler other than the
+    curve-fit one report (that one's stopping rule records its own): every Observation, and how
+    each trial ended: finished (every planned size reported), stopped early by `scheduler`, or
+    failed. `before`: the side file's state when the sweep started (sizes already reported)."""
+
+    def __new__(cls, record: SweepRecord, sizes: list[int], before: SweepState, scheduler: str):
+        from ray.tune import Callback
+
+        class Record(Callback):
+            def __init__(self) -> None:
+                self.reported = {c: {o.size for o in obs} for c, obs in before.observations.items()}
+                self.failed: set[str] = set()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+                name = trial.config["candidate"]
+                if result.get(FAILED_KEY):
+                    self.failed.add(name)
+                    record.status(name, Status.FAILED, str(result[FAILED_KEY]))
+                elif result.get("size") is not None and result.get("loss") is not None:
+                    obs = Observation.from_dict(result)
+                    record.observation(obs)
+                    self.reported.setdefault(name, set()).add(obs.size)
+
+            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+                name = trial.config["candidate"]
+                if name in self.failed:
+                    return
+                done = self.reported.get(name, set())
+                if done >= set(sizes):
+                    record.status(name, Status.FINISHED, "")
+                else:
+                    record.status(name, Status.STOPPED, f"stopped by {scheduler} after {len(done)} of {len(sizes)} sizes")
+
+            def on_trial_error(self, iteration, trials, trial, **info) -> None:
+                record.status(trial.config["candidate"], Status.FAILED, "the probe's trial died; see its error")
+
+        return Record()
+
+
+def run_sweep(
+    cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool = False, scheduler: "TrialScheduler | None" = None
+) -> tuple[SweepState, dict[str, str], float]:
     """Run (or resume) the sweep of `pool`; returns the side file's state, the candidates whose
-    trials died (-> reason) and the seconds the stopping rule took."""
+    trials died (-> reason) and the seconds the stopping rule took. `scheduler`: a Tune scheduler
+    run instead of the curve-fit one (see the module docstring); it takes no seconds of the rule."""
     from ray import tune
 
     from lensray.sweep.scheduler import CurveFitScheduler
@@ -192,7 +243,8 @@ def run_sweep(cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool =
     before = read_state(state_path)
     todo = [c for c in pool.names if before.status.get(c, ("",))[0] not in (Status.FINISHED, Status.STOPPED)]
     init_ray(cfg)
-    rule = StoppingRule(cfg.plan.target, cfg.scheduler, cfg.fit, cfg.plan.resolved_sizes(), SweepRecord(state_path))
+    record = SweepRecord(state_path)
+    rule = StoppingRule(cfg.plan.target, cfg.scheduler, cfg.fit, cfg.plan.resolved_sizes(), record)
     errors: dict[str, str] = {}
     if todo:
         footprint = get_backend(cfg.backend).footprint(cfg)
@@ -210,7 +262,7 @@ def run_sweep(cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool =
             trainable,
             param_space={"candidate": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
-                scheduler=CurveFitScheduler(rule),
+                scheduler=CurveFitScheduler(rule) if scheduler is None else scheduler,
                 max_concurrent_trials=live_trial_cap(cfg, len(todo), footprint),
                 reuse_actors=footprint.reuse_actors,
                 trial_dirname_creator=lambda t: f"probe-{t.trial_id}",
@@ -221,6 +273,7 @@ def run_sweep(cfg: SelectConfig, pool: Pool, resume: bool = False, quiet: bool =
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
                 callbacks=([_Mirror(storage)] if storage.remote else [])
+                + ([_Record(record, cfg.plan.resolved_sizes(), before, type(scheduler).__name__)] if scheduler is not None else [])
                 + ([] if quiet else [_Progress(rule, len(pool.names), cfg.ranked_by(), footprint)]),
             ),
         )
