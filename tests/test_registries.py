@@ -103,7 +103,7 @@ def test_a_registered_predictor_and_stages_run_through_a_replay_sweep(tmp_path, 
     ({"fit": {"method": "locl"}}, r"unknown fit.method 'locl'.*Did you mean 'local'"),
     ({"fit": {"method": "ZeroShot"}}, r"unknown fit.method 'ZeroShot'; choose one of .*local"),
     ({"backend": "replai"}, r"backend must be one of hf, replay.*Did you mean 'replay'"),
-    ({"stages": {"pre": ["phylo"]}}, r"stages.pre: unknown stage 'phylo'"),
+    ({"stages": {"pre": ["phyllo"]}}, r"stages.pre: unknown stage 'phyllo'.*Did you mean 'phylo'"),
     ({"stages": {"post": ["toy-drop"]}}, r"stages.post: unknown stage 'toy-drop'.*toy-note"),
 ])
 def test_unknown_names_list_the_options(tmp_path, toys, over, message):
