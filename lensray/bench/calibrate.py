@@ -26,7 +26,7 @@ import numpy as np
 
 from lensray.bench.curves import budgets
 from lensray.bench.synth import SUITE_PARTS, suite_pool
-from lensray.predict.blend import fit_blend
+from lensray.predict.blend import blend_pool, fit_blend
 from lensray.predict.fit import FitConfig
 
 GRID = np.round(np.arange(0.0, 3.0001, 0.0005), 4)
@@ -64,13 +64,13 @@ def cells(part: str = "dev") -> dict[str, list[Cell]]:
             seen = curves.upto(budget)
             if seen.sizes.size < raw.window:
                 continue
-            fits = fit_blend(seen.sizes, seen.losses, target, seen.candidates, raw)
+            pool = blend_pool(seen.sizes, seen.losses, raw)
+            fits = fit_blend(seen.sizes, seen.losses, target, seen.candidates, raw, pool)
             flat = np.array([f.params.get("flat", 0.0) == 1.0 and f.ok for f in fits])
             reliable = np.array([f.ok for f in fits]) & ~flat
             delta = float(np.log(target / seen.sizes[-1]))
             mean = np.log([f.predicted_loss for f in fits])
-            borrowed = np.median([f.params["slope"] * 0.5 + f.params["ats_slope"] * 0.5
-                                  for f, r in zip(fits, reliable) if r]) if reliable.sum() else 0.0
+            borrowed = float(np.median(pool.slopes)) if pool.slopes.size else 0.0
             out.setdefault(label, []).append(Cell(
                 mean - truth, np.array([f.sd_log for f in fits]), delta, reliable, flat,
                 np.where(flat, abs(borrowed) * delta, 0.0),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,12 +103,8 @@ class PhyloStage:
                     **pool.priors,
                     **{c.name: found[c.model.name].to_dict() for c in pool.candidates if c.model.name in found},
                 })
-        (folder / FILES[3]).write_text(json.dumps(summary, indent=1, default=_finite) + "\n")
+        (folder / FILES[3]).write_text(json.dumps(summary, indent=1, default=str) + "\n")
         return pool
-
-
-def _finite(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
 
 
 register_stage("pre", PhyloStage())
