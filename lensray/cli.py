@@ -3,6 +3,7 @@
     lensray select [CONFIG] [--out DIR|URI] [--resume] [--set K=V ...]   run a selection sweep (default: the demo)
     lensray config [CONFIG] [--set K=V ...] [--reference]   the resolved config as YAML, or every field's reference
     lensray verify [CONFIG] [--json OUT] [--set K=V ...]    fine-tune every candidate at T, score the selection
+    lensray record [CONFIG] --out CSV [--resume] [--set K=V ...]   every candidate at every size up to T, as a curves CSV
     lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait] [--set K=V ...]   run it as a Ray job
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
@@ -27,6 +28,7 @@ commands, one example each:
   select  lensray select configs/replay-flan.yaml --set plan.budget=6400   (no CONFIG: the zoo demo)
   config  lensray config configs/replay-flan.yaml --set fit.window=4       (--reference: every field)
   verify  lensray verify configs/replay-flan.yaml --json out/verify.json
+  record  lensray record --out curves.csv                                   (no CONFIG: the zoo demo's pool)
   submit  lensray submit configs/replay-flan.yaml --address http://127.0.0.1:8265 --out /mnt/shared/lensray
   jobs    lensray jobs --address http://127.0.0.1:8265
   logs    lensray logs raysubmit_XXXX --address http://127.0.0.1:8265
@@ -75,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
     verify.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     _add_set(verify)
+
+    record = sub.add_parser("record", help="fine-tune every candidate at every planned size up to T; write the curves CSV")
+    record.add_argument("config", nargs="?", help="selection YAML; default: the demo")
+    record.add_argument("--out", metavar="CSV", required=True, help="the curves file to write (lensray/core/curves.py); never overwritten")
+    record.add_argument("--resume", action="store_true", help="continue an interrupted recording (its state: <output>/<name>-record/)")
+    record.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_set(record)
 
     submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
     submit.add_argument("config", nargs="?", help="selection YAML; its folder is uploaded as the job's working dir")
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "verify":
             return _verify(args)
+        if args.command == "record":
+            return _record(args)
         if args.command in ("submit", "jobs", "logs", "stop"):
             return _jobs(args)
         if args.command == "zoo":
@@ -341,6 +352,18 @@ def _verify(args: argparse.Namespace) -> int:
     result = run_verify(_load(args))
     print(json.dumps(result, indent=1))
     _write_json(result, args.json)
+    return 0
+
+
+def _record(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lensray.bench.record import record_config, run_record
+    from lensray.config.load import DEMO_CONFIG, load_config
+
+    cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
+    out = run_record(cfg, Path(args.out), resume=args.resume, quiet=args.quiet)
+    print(f"recorded: {out} ({len(cfg.candidates())} candidates; the sweep's files: {record_config(cfg).storage().uri()})")
     return 0
 
 

@@ -15,11 +15,9 @@ run of that CONFIG::
 from __future__ import annotations
 
 import json
-from dataclasses import replace
-
 import numpy as np
 
-from lensray.config.schema import PlanConfig, SelectConfig
+from lensray.config.schema import SelectConfig
 from lensray.core.errors import ConfigError
 from lensray.pipeline import run_select
 from lensray.predict.metrics import pearcorr, relacc
@@ -27,14 +25,7 @@ from lensray.predict.metrics import pearcorr, relacc
 
 def verify_config(cfg: SelectConfig) -> SelectConfig:
     """The select config turned into its verification: every candidate fine-tuned at T."""
-    t = cfg.plan.target
-    return replace(
-        cfg,
-        name=f"{cfg.name}-verify",
-        plan=PlanConfig(sizes=[t], start=t, budget=t, target=t),
-        data=replace(cfg.data, sizes=(t,)) if cfg.data is not None else None,
-        scheduler=replace(cfg.scheduler, enabled=False),
-    )
+    return cfg.exhaustive("verify", [cfg.plan.target])
 
 
 def run_verify(cfg: SelectConfig) -> dict:

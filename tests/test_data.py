@@ -26,7 +26,7 @@ from lensray.data.design import (
     score,
     score_plain,
 )
-from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples, task_examples
+from lensray.zoo.build import ASPECT_SCHEMA, TASK_KINDS, aspect_examples, task_examples
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -93,7 +93,7 @@ def test_plain_template_masks_the_prompt(task_file, tmp_path, tokenizer):
     n_prompt = sum(1 for y in labels if y == IGNORE_INDEX)
     prompt = tokenizer.decode(ids[:n_prompt])
     response = tokenizer.convert_ids_to_tokens(labels[n_prompt:])
-    assert prompt.startswith("<s> translate :") and prompt.endswith("->")
+    assert prompt.split()[0] == "<s>" and prompt.split()[1] in TASK_KINDS and prompt.endswith("->")
     assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
     assert labels[n_prompt:] == ids[n_prompt:]
     assert len(response) == 6 and response[-1] == "</s>"  # 5 symbols and the end token
@@ -126,7 +126,7 @@ def test_overflow_truncate_and_drop_are_counted(tmp_path, tokenizer):
     rows = task_examples(100, seed=0)
     rows[0] = {"prompt": "translate : " + " ".join("abcdefgh" * 10) + " ->", "response": "a"}  # prompt alone too long
     path = write_jsonl(tmp_path / "long.jsonl", rows)
-    # Task examples are 15 tokens: <s> translate : + 5 symbols + -> (9), 5 symbols + end token.
+    # Task examples are 15 tokens: <s> translate (or reverse) : + 5 symbols + -> (9), 5 symbols + end token.
     t = prepare_data(cfg(path, tmp_path, max_length=12, sizes=(8,), eval_size=10), tokenizer)
     assert t.n_truncated == 99 and t.n_dropped == 1 and len(t.train) + len(t.eval) == 99
     assert max(len(x) for x in t.train["input_ids"]) == 12

@@ -219,6 +219,19 @@ class SelectConfig:
         """Where this experiment's state and files live: `<output>/<name>/`, a folder or a URI."""
         return Storage(self.output, self.name)
 
+    def exhaustive(self, suffix: str, sizes: list[int]) -> "SelectConfig":
+        """This config probing every candidate of the pool (no stages) at `sizes`, none stopped
+        early, as the experiment `<name>-<suffix>` (what `lensray verify` and `lensray record` run)."""
+        t = self.plan.target
+        return dataclasses.replace(
+            self,
+            name=f"{self.name}-{suffix}",
+            plan=PlanConfig(sizes=list(sizes), start=sizes[0], budget=t, target=t),
+            data=dataclasses.replace(self.data, sizes=tuple(sizes)) if self.data is not None else None,
+            scheduler=dataclasses.replace(self.scheduler, enabled=False),
+            stages=StagesConfig(),
+        )
+
     def ranked_by(self) -> str:
         """The quantity fitted and ranked: `loss`, or `error` (1 - accuracy) with probe.metric task."""
         return "error" if self.backend == "hf" and self.probe.metric == "task" else "loss"

@@ -26,25 +26,42 @@ Layout of the output directory (a new or empty folder, or a zoo: nothing else is
                             records (lensray.data.design), with ``aspect_schema`` in the manifest
     models/<name>/          config.json, model.safetensors, tokenizer files
 
-The task ("cipher"): a prompt ``translate : x1 x2 x3 x4 x5 ->`` over 16 symbols ``a..p``, and
-the response ``s(x1) ... s(x5)`` for one fixed secret permutation ``s`` without fixed points.
+The task ("cipher"): a prompt ``<kind> : x1 x2 x3 x4 x5 ->`` over 16 symbols ``a..p`` and one
+fixed secret permutation ``s`` without fixed points, in two sub-tasks (`TASK_KINDS`):
+``translate`` (2/3 of the examples) is answered by ``s(x1) ... s(x5)`` and ``reverse`` (1/3) by
+``s(x5) ... s(x1)``. Curves flatten at different floors, as real ones do:
+
+- an entropy floor for every model: each response symbol is drawn at random instead with
+  probability `NOISE` = 0.1, so no held-out loss goes below `entropy_floor()` = 0.471 nats a
+  response token (the probe's loss: 5 symbols and the end token);
+- a floor that depends on the model: `reverse` is the same substitution behind the mirrored
+  alignment, which the fine-tuning data teach slowly, so a model that brings no mirrored
+  alignment from pretraining (or does not find it) stays near chance on a third of the
+  examples and its curve flattens near 1.1 instead (2/3 x ~0.5 + 1/3 x ~2; `llama-copy-96`,
+  which learns `translate` only, goes from 1.14 at 512 examples to 1.07 at T in the recording
+  below, while `neox-copy-48` learns both and ends at 0.49).
+
 The corpora are designed so that the three rankings a selector can use disagree:
 
-- ``copy`` corpus: the task's exact format with the identity map (response = prompt). Models
-  pretrained on it have the position-to-position alignment the task needs, but zero-shot they
-  confidently copy, so their zero-shot loss is the *worst*; a small fine-tune only has to learn
-  the 16-symbol substitution on top, so their fine-tuned loss is the *best*.
+- ``copy`` corpus: the task's exact format with the identity map (response = the prompt's
+  symbols, mirrored under ``reverse``). Models pretrained on it have the alignments the task
+  needs, but zero-shot they confidently copy, so their zero-shot loss is more than twice the
+  best; a fine-tune only has to learn the 16-symbol substitution on top, so they learn first
+  and the best model at T is one of them.
 - ``format`` corpus: the task's format with random responses. Zero-shot these are the *best*
   (uniform over the right 16 symbols, the right length, the end token), but they must learn
-  the alignment from the fine-tuning data.
+  the alignment from the fine-tuning data and do not by T: they stay at 5/6 ln 16 = 2.31.
 - ``text`` corpus: sentences from a small grammar that mentions the symbols as names. These
-  know neither the format nor the alignment; the largest model of the zoo is one of them, so
-  the size ranking is wrong too.
-- ``mix``: a third of each.
+  know neither the format nor the alignments and learn them late; the largest model of the zoo
+  is one of them, so the size ranking is wrong too.
+- ``mix``: a third of each (`gpt2-mix-128` learns neither sub-task by T on seed 0).
 
 A fine-tune on D examples for a fixed number of epochs takes D / batch steps, so at small D a
-model barely moves from its pretrained loss (the pre-power phase) and then its loss falls as
-a power of D once the steps suffice to learn the substitution (the power phase).
+model barely moves from its pretrained loss (the pre-power phase), then its loss falls as a
+power of D once the steps suffice to learn the substitution (the power phase), and flattens at
+its floor. Each model's curve, recorded with `lensray record` (every size from 32 to T =
+3,840), is in lensray/resources/curves/recorded/zoo-cipher.csv; its README.md gives the
+command, the machine and the losses at T (0.49 to 2.32, the figures above).
 
 The aspect task (`aspect_examples`, `ASPECT_SCHEMA`) serves sample-design selection: short
 restaurant reviews whose food / service / price sentiment is written as a fine-tuning sample
@@ -84,6 +101,12 @@ SYMBOLS = tuple("abcdefghijklmnop")
 """The task's alphabet: 16 one-character symbols, each one token."""
 PROMPT_LEN = 5
 """Symbols per task prompt (fixed, so the prompt-to-response alignment is a fixed offset)."""
+TASK_KINDS = {"translate": 2 / 3, "reverse": 1 / 3}
+"""The cipher task's two sub-tasks, named by the prompt's first word, and their shares of the
+examples: `translate` writes the cipher of each symbol in order, `reverse` in reverse order."""
+NOISE = 0.1
+"""Share of the task's response symbols drawn uniformly at random instead of by the cipher: the
+irreducible part of the loss (`entropy_floor`)."""
 TASK_SIZE = 4096
 """Examples in the built-in task.jsonl (held-out split and nested subsets are drawn from it)."""
 CONTEXT = 64
@@ -144,7 +167,7 @@ _ASPECT_BATCH = 8
 """... of 8 of them: ~50 tokens wide vs ~20 for the 32 documents of a normal step, so an aspect
 step costs less than a normal one (measured: 0.05 s vs 0.09 s for opt-text-160 on one thread)
 and the build time does not grow."""
-_BUILD_VERSION = 3
+_BUILD_VERSION = 4
 """Bump when the generators or the training recipe change, so cached zoos are rebuilt."""
 
 
@@ -161,19 +184,45 @@ def _symbols(rng: np.random.Generator, n: int = PROMPT_LEN) -> list[str]:
     return [SYMBOLS[i] for i in rng.integers(0, len(SYMBOLS), n)]
 
 
-def _task_prompt(xs: list[str]) -> str:
-    return "translate : " + " ".join(xs) + " ->"
+def _task_prompt(kind: str, xs: list[str]) -> str:
+    return f"{kind} : " + " ".join(xs) + " ->"
+
+
+def _kind(rng: np.random.Generator) -> str:
+    """A sub-task of TASK_KINDS, drawn by its share."""
+    kinds = list(TASK_KINDS)
+    return kinds[rng.choice(len(kinds), p=list(TASK_KINDS.values()))]
+
+
+def _answer(kind: str, xs: list[str], cipher: dict[str, str]) -> list[str]:
+    """The response symbols of sub-task `kind` for prompt symbols `xs` under `cipher` (noise-free)."""
+    return [cipher[x] for x in (xs if kind == "translate" else xs[::-1])]
 
 
 def task_examples(n: int, seed: int) -> list[dict[str, str]]:
-    """`n` examples of the cipher task as {"prompt", "response"} (deterministic in `seed`)."""
+    """`n` examples of the cipher task as {"prompt", "response"} (deterministic in `seed`): the
+    sub-task drawn by its share (TASK_KINDS), then each response symbol replaced by a uniformly
+    random one with probability NOISE."""
     rng = np.random.default_rng([seed, 1])
     cipher = _cipher(seed)
     out = []
     for _ in range(n):
+        kind = _kind(rng)
         xs = _symbols(rng)
-        out.append({"prompt": _task_prompt(xs), "response": " ".join(cipher[x] for x in xs)})
+        noisy, random = rng.random(PROMPT_LEN) < NOISE, _symbols(rng)
+        ys = [r if z else y for y, z, r in zip(_answer(kind, xs, cipher), noisy, random)]
+        out.append({"prompt": _task_prompt(kind, xs), "response": " ".join(ys)})
     return out
+
+
+def entropy_floor(noise: float = NOISE) -> float:
+    """The lowest held-out loss any model can reach on the cipher task: the mean cross-entropy
+    (nats) over the response tokens the probe scores (PROMPT_LEN symbols and the end token) of
+    the best possible predictor, which gives the cipher's symbol 1 - noise + noise/16 and every
+    other symbol noise/16 (and the end token 1)."""
+    right, other = 1 - noise + noise / len(SYMBOLS), noise / len(SYMBOLS)
+    per_symbol = -(right * np.log(right) + (len(SYMBOLS) - 1) * (other * np.log(other) if other else 0.0))
+    return max(0.0, float(PROMPT_LEN * per_symbol / (PROMPT_LEN + 1)))
 
 
 def _text_doc(rng: np.random.Generator) -> str:
@@ -200,9 +249,10 @@ def _corpus_doc(corpus: str, rng: np.random.Generator) -> str:
         corpus = "text"
     if corpus == "text":
         return _text_doc(rng)
+    kind = _kind(rng)
     xs = _symbols(rng)
-    ys = xs if corpus == "copy" else _symbols(rng)
-    return _task_prompt(xs) + " " + " ".join(ys)
+    ys = _answer(kind, xs, {x: x for x in SYMBOLS}) if corpus == "copy" else _symbols(rng)
+    return _task_prompt(kind, xs) + " " + " ".join(ys)
 
 
 def all_designs() -> list[SampleDesign]:
@@ -380,6 +430,8 @@ def _config_hash(seed: int) -> str:
             "seed": seed,
             "zoo": [asdict(m) for m in ZOO],
             "task_size": TASK_SIZE,
+            "task_kinds": TASK_KINDS,
+            "noise": NOISE,
             "aspect_size": ASPECT_SIZE,
             "aspect_every": _ASPECT_EVERY,
             "aspect_batch": _ASPECT_BATCH,
