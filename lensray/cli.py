@@ -4,6 +4,7 @@
     lensray config [CONFIG] [--set K=V ...] [--reference]   the resolved config as YAML, or every field's reference
     lensray verify [CONFIG] [--json OUT] [--set K=V ...]    fine-tune every candidate at T, score the selection
     lensray record [CONFIG] --out CSV [--resume] [--set K=V ...]   every candidate at every size up to T, as a curves CSV
+    lensray phylo [CONFIG] [--scores CSV] [--json OUT] [--set K=V ...]   PhyloLM fingerprints, family tree, near-duplicates, priors
     lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait] [--set K=V ...]   run it as a Ray job
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
@@ -29,6 +30,7 @@ commands, one example each:
   config  lensray config configs/replay-flan.yaml --set fit.window=4       (--reference: every field)
   verify  lensray verify configs/replay-flan.yaml --json out/verify.json
   record  lensray record --out curves.csv                                   (no CONFIG: the zoo demo's pool)
+  phylo   lensray phylo --scores known.csv                                  (CSV columns: model,score)
   submit  lensray submit configs/replay-flan.yaml --address http://127.0.0.1:8265 --out /mnt/shared/lensray
   jobs    lensray jobs --address http://127.0.0.1:8265
   logs    lensray logs raysubmit_XXXX --address http://127.0.0.1:8265
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--resume", action="store_true", help="continue an interrupted recording (its state: <output>/<name>-record/)")
     record.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_set(record)
+
+    phylo = sub.add_parser("phylo", help="fingerprint the pool's models: distances, family tree, near-duplicates, priors")
+    phylo.add_argument("config", nargs="?", help="selection YAML (its pool, data and phylo section); default: the demo")
+    phylo.add_argument("--scores", metavar="CSV", default="", help="known losses at T (columns model,score): priors and score prediction")
+    phylo.add_argument("--json", metavar="OUT", help="also write phylo.json's content to OUT")
+    _add_set(phylo)
 
     submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
     submit.add_argument("config", nargs="?", help="selection YAML; its folder is uploaded as the job's working dir")
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "record":
             return _record(args)
+        if args.command == "phylo":
+            return _phylo(args)
         if args.command in ("submit", "jobs", "logs", "stop"):
             return _jobs(args)
         if args.command == "zoo":
@@ -364,6 +374,30 @@ def _record(args: argparse.Namespace) -> int:
     cfg = load_config(args.config or DEMO_CONFIG, args.overrides)
     out = run_record(cfg, Path(args.out), resume=args.resume, quiet=args.quiet)
     print(f"recorded: {out} ({len(cfg.candidates())} candidates; the sweep's files: {record_config(cfg).storage().uri()})")
+    return 0
+
+
+def _phylo(args: argparse.Namespace) -> int:
+    from lensray.stages.phylo.stage import FILES, run_phylo
+
+    folder, summary = run_phylo(_load(args), args.scores)
+    models = summary["models"]
+    done = [m for m in models.values() if not m.get("error")]
+    print(f"fingerprinted {len(done)} of {len(models)} models on {summary['genes']} genes "
+          f"({sum(not m['cached'] for m in done)} new, the rest from the cache)")
+    for name, m in models.items():
+        cost = f"{m['tokens']} tokens, {m['seconds']:.1f} s" if not m.get("error") else f"failed: {m['error']}"
+        print(f"  {name}: {cost}")
+    for g in summary["groups"]:
+        dropped = ", ".join(f"{n} (d = {d:.3g})" for n, d in g["dropped"].items())
+        print(f"near-duplicates: {g['kept']} kept; {dropped}")
+    score = summary.get("score_prediction")
+    if score:
+        r = score["lofo_pearson_r"]
+        print(f"score prediction: leave-one-family-out Pearson r = {'n/a' if r is None else f'{r:.3f}'} "
+              f"({score['known']} known scores, {score['families']} families)")
+    print(f"files: {', '.join(str(folder / f) for f in FILES if (folder / f).exists())}")
+    _write_json(summary, args.json)
     return 0
 
 

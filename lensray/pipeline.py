@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from lensray.config.schema import SelectConfig
 from lensray.core.errors import ConfigError
-from lensray.core.types import Selection
+from lensray.core.types import Pool, Selection
 from lensray.probe.base import get_backend
 from lensray.report.files import write_report
 from lensray.report.rank import build_selection
@@ -29,6 +29,18 @@ from lensray.sweep.run import run_sweep
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
+
+
+def initial_pool(cfg: SelectConfig) -> Pool:
+    """The config's Pool before any stage, once everything that can be checked here is (the
+    zoo built first when the config names one)."""
+    backend = get_backend(cfg.backend)
+    if cfg.zoo:
+        from lensray.zoo.build import build_zoo
+
+        build_zoo(Path(cfg.zoo))
+    backend.check(cfg)
+    return backend.pool(cfg)
 
 
 def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False, scheduler: "TrialScheduler | None" = None) -> Selection:
@@ -41,13 +53,7 @@ def run_select(cfg: SelectConfig, resume: bool = False, quiet: bool = False, sch
             f"{storage.uri()} already holds a sweep: pass --resume to continue it, or choose another "
             "`name`/`output` (nothing was overwritten)"
         )
-    backend = get_backend(cfg.backend)
-    if cfg.zoo:
-        from lensray.zoo.build import build_zoo
-
-        build_zoo(Path(cfg.zoo))
-    backend.check(cfg)
-    pool = backend.pool(cfg)
+    pool = initial_pool(cfg)
     storage.local.mkdir(parents=True, exist_ok=True)
     for name in cfg.stages.pre:
         pool = get_stage("pre", name).run(cfg, pool, storage.local)

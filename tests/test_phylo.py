@@ -156,7 +156,7 @@ def test_prior_leans_on_near_relatives_and_widens_when_they_are_far():
     # two identical relatives on either side of the pool's mean: the prior is that mean
     sym = priors(["x", "lo", "hi"], np.array([[0, 1, 1], [1, 0, 2], [1, 2, 0.0]]), {"lo": 1.0, "hi": 3.0}, bandwidth=1.0)
     assert sym["x"].value == pytest.approx(2.0) and sym["x"].interval[0] < 1.0 < 3.0 < sym["x"].interval[1]
-    assert set(near.to_dict()) == {"phylo_loss", "phylo_lo", "phylo_hi", "phylo_weight"}
+    assert set(near.to_dict()) == {"phylo_loss", "phylo_lo", "phylo_hi", "phylo_sd", "phylo_weight"}
     with pytest.raises(CurveError, match="at least 2"):
         priors(names, d, {"a": 1.0})
     with pytest.raises(CurveError, match="no fingerprint"):
@@ -187,6 +187,25 @@ def test_score_prediction_recovers_a_smooth_function_of_distances():
     assert small.ica_.components_.shape[0] == 5  # min(15, what 6 centred samples span)
     with pytest.raises(DataError, match="2 families"):
         leave_one_family_out(d, y, ["one"] * len(y))
+
+
+def test_the_stage_predicts_unknown_scores_and_orders_the_pool_most_promising_first():
+    from lensray.stages.phylo.stage import by_prior, score_prediction
+
+    d, y, fam = _synthetic(families=4, per=4)
+    names = [f"m{i}" for i in range(len(y))]
+    known = {n: float(v) for n, v in zip(names[:12], y[:12])}
+    got = score_prediction(names, d, known, dict(zip(names, fam)))
+    assert got["known"] == 12 and got["families"] == 3 and got["lofo_pearson_r"] > 0.5
+    assert set(got["predicted"]) == set(names[12:])
+    lo, hi = min(known.values()), max(known.values())
+    assert all(lo - (hi - lo) / 18 - 1e-9 <= v <= hi + (hi - lo) / 18 + 1e-9 for v in got["predicted"].values())
+    one_family = score_prediction(names, d, {n: known[n] for n in names[:4]}, dict(zip(names, fam)))
+    assert one_family["lofo_pearson_r"] is None and len(one_family["predicted"]) == 12
+
+    pool = Pool([Candidate(n, ModelSpec(n, n)) for n in "abcd"], {},
+                {"a": {"phylo_loss": 2.0}, "b": {"phylo_loss": 0.5}, "d": {"phylo_loss": 1.0}})
+    assert by_prior(pool).names == ["b", "d", "a", "c"]  # no prior: last
 
 
 def test_phylo_config_names_the_field_and_the_fix(tmp_path):
@@ -253,14 +272,15 @@ def test_fingerprints_on_ray_are_cached_and_a_bad_model_fails_alone(zoo_manifest
 
     scores = tmp_path / "scores.csv"
     scores.write_text("model,score\nllama-text-32,0.5\nneox-copy-48,0.2\n")
-    cfg = config_from_dict({
+    cfg_dict = {
         "backend": "hf", "output": str(tmp_path / "out"),
         "pool": {"models": [{"name": m.name, "path": m.path} for m in models[:3]]},
         "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 256},
         "data": {"path": zoo_manifest["task"]}, "stages": {"pre": ["phylo"]}, "scheduler": {"synchronous": False},
         "phylo": {"genes": 6, "samples": 4, "genes_per_call": 3, "cache_dir": str(tmp_path / "cache"),
                   "scores": str(scores)},
-    })
+    }
+    cfg = config_from_dict(cfg_dict)
     pool = Pool([Candidate(m.name, m) for m in models[:3]])
     folder = tmp_path / "experiment"
     out = get_stage("pre", "phylo").run(cfg, pool, folder)
@@ -270,3 +290,20 @@ def test_fingerprints_on_ray_are_cached_and_a_bad_model_fails_alone(zoo_manifest
     for name in ("phylo_distances.parquet", "phylo_tree.nwk", "phylo_tree.png", "phylo.json"):
         assert (folder / name).is_file(), name
     assert read_matrix(folder / "phylo_distances.parquet")[0] == [m.name for m in models[:3]]
+
+    # `lensray phylo`: the same stage on its own, from the cache, with the scores on the command line
+    import json
+
+    import yaml
+
+    from lensray.cli import main
+
+    config = tmp_path / "phylo.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in cfg_dict.items() if k != "phylo"} | {
+        "phylo": {k: v for k, v in cfg_dict["phylo"].items() if k != "scores"}}))
+    assert main(["phylo", str(config), "--scores", str(scores), "--json", str(tmp_path / "phylo.json")]) == 0
+    summary = json.loads((tmp_path / "phylo.json").read_text())
+    assert all(m["cached"] for m in summary["models"].values())
+    assert summary["groups"] == [{"kept": "llama-text-32", "dropped": {"llama-text-32-again": 0.0}}]
+    assert summary["score_prediction"]["known"] == 2 and set(summary["priors"]) == {m.name for m in models[:3]}
+    assert (tmp_path / "out" / "lensray-phylo" / "phylo_tree.png").is_file()

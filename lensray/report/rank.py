@@ -12,15 +12,19 @@ from lensray.config.schema import SelectConfig
 from lensray.core.cost import selection_cost
 from lensray.core.types import CurveFit, Observation, Pool, Selection, Status
 from lensray.predict.methods import get_predictor
+from lensray.predict.prior import with_prior
 from lensray.sweep.record import SweepState
 
 FAILED, FINISHED, STOPPED = Status.FAILED, Status.FINISHED, Status.STOPPED
 _ORDER = {FINISHED: 0, STOPPED: 1, FAILED: 2}
 
 
-def final_fits(cfg: SelectConfig, observations: dict[str, list[Observation]]) -> dict[str, CurveFit]:
+def final_fits(cfg: SelectConfig, observations: dict[str, list[Observation]],
+               priors: dict[str, dict[str, float]] | None = None) -> dict[str, CurveFit]:
     """Fit every candidate with the configured predictor (`fit.method`); candidates observed at
-    the same sizes are fitted together (their estimates are pooled)."""
+    the same sizes are fitted together (their estimates are pooled). A flat curve's fit is
+    combined with the candidate's prior (`Pool.priors`), as the stopping rule's is."""
+    priors = priors or {}
     predictor = get_predictor(cfg.fit.method)
     groups: dict[tuple[int, ...], list[str]] = {}
     for c, obs in observations.items():
@@ -31,7 +35,7 @@ def final_fits(cfg: SelectConfig, observations: dict[str, list[Observation]]) ->
             continue
         losses = [[o.loss for o in observations[c]] for c in names]
         for f in predictor.fit_pool(list(sizes), losses, cfg.plan.target, names, cfg.fit):
-            fits[f.candidate] = f
+            fits[f.candidate] = with_prior(f, priors.get(f.candidate), cfg.fit.level)
     return fits
 
 
@@ -50,7 +54,7 @@ def build_selection(
     """Rank every candidate from the sweep's state and account for the compute."""
     sizes = cfg.plan.resolved_sizes()
     obs = {c: state.observations.get(c, []) for c in pool.names}
-    fits = final_fits(cfg, obs)
+    fits = final_fits(cfg, obs, pool.priors)
     default_design = cfg.data.design if cfg.data is not None else ""
     entries = []
     for candidate in pool.candidates:

@@ -23,7 +23,10 @@ alpha over the whole sweep, however many sizes the plan has. `lensray bench curv
 measures how far they are (the coverage of the intervals of differences, docs/predictor.md):
 the default predictor's are calibrated on the suite's dev pools. A flat candidate (still in its
 pre-power phase) has a reliable fit with a wide interval borrowed from its peers, so it is
-stopped only when even a large fall from its level would leave it out of the top k. The rule
+stopped only when even a large fall from its level would leave it out of the top k; where a
+pre-sweep stage gave the candidate a prior (its relatives' loss at T), the flat fit is combined
+with it (lensray.predict.prior), and a flat fit with too few peers to borrow from is decided on
+the prior. The rule
 never decides on fewer than `min_points` sizes or on an unreliable fit (the fit says why), never stops
 while only `top_k` candidates are left running, never stops at the last planned size (nothing
 would be saved), and records every Decision with its reason.
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
@@ -50,6 +54,7 @@ from lensray.config.schema import SchedulerConfig
 from lensray.core.types import Action, CurveFit, Decision, Observation, Status
 from lensray.predict.fit import FitConfig
 from lensray.predict.methods import get_predictor
+from lensray.predict.prior import with_prior
 from lensray.sweep.record import SweepRecord
 
 
@@ -78,6 +83,8 @@ class StoppingRule:
             sets how many decisions share the confidence.
         record: where every Observation, Decision and Status is appended (the side file); a
             record that already holds events rebuilds the state from them first.
+        priors: per candidate, the prior a pre-sweep stage attached (`Pool.priors`): a flat
+            curve's fit is combined with it (lensray.predict.prior).
     """
 
     def __init__(
@@ -87,8 +94,10 @@ class StoppingRule:
         fit_config: FitConfig | None = None,
         sizes: list[int] | None = None,
         record: SweepRecord | None = None,
+        priors: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         self.target = int(target)
+        self.priors = dict(priors or {})
         self.config = config or SchedulerConfig()
         self.fit_config = replace(fit_config or FitConfig(), level=self.config.level)
         self.predictor = get_predictor(self.fit_config.method)
@@ -221,7 +230,8 @@ class StoppingRule:
                 rows = [c.losses[:n] for c in self.curves.values() if c.sizes[:n] == curve.sizes]
                 context = self.predictor.pool(curve.sizes, rows, self.fit_config)
                 self._pooled[n] = (count, context)
-        curve.fit = self.predictor.fit(curve.sizes, [curve.losses], self.target, [name], self.fit_config, context)[0]
+        fit = self.predictor.fit(curve.sizes, [curve.losses], self.target, [name], self.fit_config, context)[0]
+        curve.fit = with_prior(fit, self.priors.get(name), self.fit_config.level)
         self._set_rival(name, curve.fit if curve.fit.ok and curve.status != Status.FAILED else None)
 
     def _set_rival(self, name: str, fit: CurveFit | None) -> None:

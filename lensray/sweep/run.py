@@ -244,7 +244,7 @@ def run_sweep(
     todo = [c for c in pool.names if before.status.get(c, ("",))[0] not in (Status.FINISHED, Status.STOPPED)]
     init_ray(cfg)
     record = SweepRecord(state_path)
-    rule = StoppingRule(cfg.plan.target, cfg.scheduler, cfg.fit, cfg.plan.resolved_sizes(), record)
+    rule = StoppingRule(cfg.plan.target, cfg.scheduler, cfg.fit, cfg.plan.resolved_sizes(), record, pool.priors)
     errors: dict[str, str] = {}
     if todo:
         footprint = get_backend(cfg.backend).footprint(cfg)

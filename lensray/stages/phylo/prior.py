@@ -40,6 +40,8 @@ class Prior:
     """The expected loss at T."""
     interval: tuple[float, float]
     """(lo, hi) with the configured coverage."""
+    sd: float
+    """s, the prior's standard deviation (the interval is value -/+ z s)."""
     relatives: dict[str, float]
     """The relatives it is drawn from -> their distance, nearest first."""
     weight: float
@@ -48,7 +50,7 @@ class Prior:
     def to_dict(self) -> dict[str, float]:
         """The entry of `Pool.priors` for a Candidate of this model."""
         return {"phylo_loss": self.value, "phylo_lo": self.interval[0], "phylo_hi": self.interval[1],
-                "phylo_weight": self.weight}
+                "phylo_sd": self.sd, "phylo_weight": self.weight}
 
 
 def default_bandwidth(distances: np.ndarray) -> float:
@@ -87,6 +89,6 @@ def priors(
         total = float(w.sum()) + POOL_WEIGHT
         value = (float(w @ y[rel]) + POOL_WEIGHT * mu) / total
         spread = math.sqrt((float(w @ (y[rel] - value) ** 2) + POOL_WEIGHT * var) / total)
-        out[name] = Prior(value, (value - z * spread, value + z * spread),
+        out[name] = Prior(value, (value - z * spread, value + z * spread), spread,
                           {names[known[j]]: float(d[c, known[j]]) for j in rel}, float(w.sum()))
     return out

@@ -1,6 +1,7 @@
 """The `phylo` pre-sweep stage (`stages: {pre: [phylo]}`): fingerprint every model of the pool,
-write the distances and the tree, drop near-duplicates, and attach a prior to every Candidate
-when losses at T are known for some models (`phylo.scores`).
+write the distances and the tree, drop near-duplicates, and, when losses at T are known for some
+models (`phylo.scores`), attach a prior to every Candidate, order the pool most promising first
+(the sweep probes in that order), and predict the unknown scores as PhyloLM does.
 
 Files written into the experiment folder::
 
@@ -9,7 +10,8 @@ Files written into the experiment folder::
     phylo_tree.png            its dendrogram, models coloured by family (the name's first
                               dash-separated word: the architecture, for the zoo's models)
     phylo.json                per model: tokens and seconds its fingerprint cost, cached or not,
-                              its error if it failed; the near-duplicate groups; the priors
+                              its error if it failed; the near-duplicate groups; the priors; the
+                              score prediction (leave-one-family-out Pearson r, predicted scores)
 
 A model whose fingerprint fails stays in the pool, unfingerprinted, with the reason printed and
 in phylo.json: a bad model never fails the others. Only the models and the settings enter the
@@ -54,6 +56,35 @@ def family_of(model) -> str:
     return model.name.split("-")[0]
 
 
+def by_prior(pool: Pool) -> Pool:
+    """The pool with its most promising candidates (lowest prior loss) first, those with no
+    prior last in their order: the sweep launches its trials in this order."""
+    rank = {c.name: pool.priors.get(c.name, {}).get("phylo_loss", float("inf")) for c in pool.candidates}
+    return Pool(sorted(pool.candidates, key=lambda c: rank[c.name]), pool.dropped, pool.priors)
+
+
+def score_prediction(names: list[str], d, known: dict[str, float], families: dict[str, str]) -> dict:
+    """PhyloLM's score prediction from the distances `d` between `names`: the leave-one-family-out
+    Pearson r over the models with `known` scores (when they span two families or more), and the
+    predicted score of every other model from a regressor fitted on all the known ones."""
+    import numpy as np
+
+    from lensray.stages.phylo.score import PhyloRegressor, leave_one_family_out
+
+    idx = [i for i, n in enumerate(names) if n in known]
+    rest = [i for i in range(len(names)) if i not in idx]
+    y = [known[names[i]] for i in idx]
+    fam = [families[names[i]] for i in idx]
+    out: dict = {"known": len(idx), "families": len(set(fam)), "lofo_pearson_r": None, "predicted": {}}
+    d = np.asarray(d)
+    if len(set(fam)) >= 2 and len(idx) >= 3:
+        out["lofo_pearson_r"] = leave_one_family_out(d[np.ix_(idx, idx)], y, fam)
+    if rest and len(idx) >= 2:
+        reg = PhyloRegressor().fit(d[np.ix_(idx, idx)], y)
+        out["predicted"] = dict(zip((names[i] for i in rest), map(float, reg.predict(d[np.ix_(rest, idx)]))))
+    return out
+
+
 class PhyloStage:
     """Fingerprints, tree, near-duplicates and priors of the pool (see the module)."""
 
@@ -87,10 +118,11 @@ class PhyloStage:
         if len(done) >= 2:
             d = distance([prints[n].alleles for n in names])
             write_matrix(folder / FILES[0], names, d)
+            families = {m.name: family_of(m) for m in done}
             if len(done) >= 3:
                 tree = nj_tree(names, d)
                 write_newick(tree, folder / FILES[1])
-                plot_tree(tree, folder / FILES[2], {m.name: family_of(m) for m in done})
+                plot_tree(tree, folder / FILES[2], families)
             groups = near_duplicates(names, d, {n: prints[n].n_params for n in names}, p.duplicate_threshold)
             summary["groups"] = [{"kept": g.representative, "dropped": g.distances} for g in groups]
             if groups and not p.probe_all:
@@ -99,12 +131,31 @@ class PhyloStage:
                 known = {n: v for n, v in read_scores(p.scores).items() if n in names}
                 found = priors(names, d, known, p.prior_neighbours, p.prior_bandwidth, p.prior_level)
                 summary["priors"] = {n: pr.to_dict() for n, pr in found.items()}
-                pool = Pool(pool.candidates, pool.dropped, {
-                    **pool.priors,
-                    **{c.name: found[c.model.name].to_dict() for c in pool.candidates if c.model.name in found},
-                })
+                summary["score_prediction"] = score_prediction(names, d, known, families)
+                attached = {c.name: found[c.model.name].to_dict() for c in pool.candidates if c.model.name in found}
+                pool = by_prior(Pool(pool.candidates, pool.dropped, {**pool.priors, **attached}))
         (folder / FILES[3]).write_text(json.dumps(summary, indent=1, default=str) + "\n")
         return pool
+
+
+def run_phylo(cfg: "SelectConfig", scores: str = "") -> tuple[Path, dict]:
+    """`lensray phylo CONFIG`: the stage on the config's pool, outside any sweep, into
+    `<output>/<name>-phylo/` (its files are rewritten on every run; the fingerprints come from
+    the cache). `scores`: a CSV of known scores, instead of `phylo.scores`. Returns the folder
+    and phylo.json's content."""
+    from dataclasses import replace
+
+    from lensray.cluster.storage import Storage
+    from lensray.pipeline import initial_pool
+
+    if scores:
+        cfg = replace(cfg, phylo=replace(cfg.phylo, scores=scores))
+    if cfg.phylo.scores:
+        read_scores(cfg.phylo.scores)  # a bad file fails before Ray starts
+    storage = Storage(cfg.output, f"{cfg.name}-phylo")
+    PhyloStage().run(cfg, initial_pool(cfg), storage.local)
+    storage.push(*FILES)
+    return storage.local, json.loads((storage.local / FILES[3]).read_text())
 
 
 register_stage("pre", PhyloStage())
