@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     curves.add_argument("--methods", nargs="+", metavar="M", help="only these methods (default: every method)")
     sel = bench_sub.add_parser("select", help="real replay sweeps through Tune at every budget: quality and cost")
-    sel.add_argument("--data", action="append", metavar="CSV", help="curves file; repeatable; default: the packaged curves")
+    sel.add_argument("--data", action="append", metavar="CSV", help="curves file; repeatable; default: the packaged curves and the recorded zoo pools")
     sel.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     sel.add_argument("--out", metavar="DIR", default="out/bench-select", help="where the sweeps' files go: a new or empty folder, or one a bench made")
     sel.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
@@ -259,15 +259,22 @@ def _jobs(args: argparse.Namespace) -> int:
 def bench_outputs(args: argparse.Namespace) -> list[str]:
     """What `bench select`/`bench scale` write into --out, by name, after reading and checking
     every input: the names a rerun may replace, and nothing else."""
-    from pathlib import Path
 
     from lensray.bench.scale import scale_outputs
     from lensray.bench.select import select_outputs
-    from lensray.core.curves import packaged_curves
 
     if args.bench == "select":
-        return select_outputs([Path(p) for p in args.data] if args.data else packaged_curves(), args.baselines)
+        return select_outputs(_select_data(args), args.baselines)
     return scale_outputs(args.candidates)
+
+
+def _select_data(args: argparse.Namespace) -> list:
+    """The curves `bench select` replays: --data, else the packaged and the recorded ones."""
+    from pathlib import Path
+
+    from lensray.core.curves import packaged_curves, recorded_curves
+
+    return [Path(p) for p in args.data] if args.data else [*packaged_curves(), *recorded_curves()]
 
 
 def _bench_sweep(args: argparse.Namespace) -> int:
@@ -278,7 +285,6 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     from lensray.bench.scale import bench_scale
     from lensray.bench.select import bench_select, format_select
     from lensray.cluster.storage import claim_folder
-    from lensray.core.curves import packaged_curves
 
     names = bench_outputs(args)  # inputs first: a bad one leaves --out untouched
     out = claim_folder(Path(args.out), f"lensray bench {args.bench}")
@@ -289,7 +295,7 @@ def _bench_sweep(args: argparse.Namespace) -> int:
         elif old.exists() or old.is_symlink():
             old.unlink()
     if args.bench == "select":
-        paths = [Path(p) for p in args.data] if args.data else packaged_curves()
+        paths = _select_data(args)
         result = bench_select(paths, out, baselines=args.baselines)
         print(format_select(result, paths))
     else:

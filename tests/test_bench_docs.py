@@ -164,7 +164,7 @@ def test_select_table_sits_beside_ats_at_the_same_budget(page):
     assert "RelAcc below AtS by" in row16 and "cost over 0.5 by 0.050" in row16
     assert "| 1/32 | 51200 | n/a |" in flan_md
     mine = section(section(text, "## Replay sweeps through Tune"), "### mine")
-    assert "not a packaged data set: no AtS columns" in mine and "AtS RelAcc" not in mine
+    assert "not a data set shipped with lensray: no AtS columns" in mine and "AtS RelAcc" not in mine
     assert "| 1/8 | ? | 99.0 | 50.0 | 0.300 | 0.001 |" in mine
 
 

@@ -16,8 +16,8 @@ that stem (VERIFY_RUNS), or `lensray select CONFIG` / `lensray verify CONFIG` fo
 (the JSON does not record its config). A missing file is skipped: its section says which command
 makes it. The machine is the one `bench curves` records (`make bench` runs the four benches and
 the two demos one after another on one machine). AtS's RelAcc and PearCorr beside the replay
-sweeps are computed here from the packaged curves, as `format_select` prints them; a data set
-that is not packaged gets no AtS columns. Numbers are formatted as the benches print them:
+sweeps are computed here from the packaged and the recorded curves, as `format_select` prints
+them; a data set that is neither gets no AtS columns. Numbers are formatted as the benches print them:
 x100 scores with one decimal, coverage in whole percent, fractions with 3 or 4 decimals.
 """
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from lensray.bench.curves import budgets, fmt
 from lensray.bench.select import BASELINES, PICKS, ats_at, summary
-from lensray.core.curves import Curves, packaged_curves, read_curves
+from lensray.core.curves import Curves, packaged_curves, read_curves, recorded_curves
 
 KINDS = ("curves", "suite", "select", "scale", "probe")
 DEFAULT_INPUTS = {kind: Path(f"out/bench-{kind}.json") for kind in KINDS}
@@ -319,14 +319,14 @@ def suite_section(path: Path, doc: dict) -> list[str]:
 # --- bench select -------------------------------------------------------------------------------
 
 
-def packaged_by_name() -> dict[str, Curves]:
-    """The packaged curves, by data set name."""
-    return {c.name: c for c in map(read_curves, packaged_curves())}
+def shipped_by_name() -> dict[str, Curves]:
+    """The curves shipped with lensray (packaged and recorded), by data set name."""
+    return {c.name: c for c in map(read_curves, [*packaged_curves(), *recorded_curves()])}
 
 
 def select_rows(cells: dict[str, dict], curves: Curves | None, known_b: dict[str, int | None]) -> list[list[str]]:
     """One row per budget: the sweep's figures, and AtS's and the targets where `curves` (the
-    packaged data set of that name) is given."""
+    shipped data set of that name) is given."""
     b_of = dict(budgets(curves)) if curves is not None else known_b
     rows = []
     for label, cell in cells.items():
@@ -386,7 +386,7 @@ def select_summary(stats: dict[str, dict[str, tuple[float, float]]]) -> list[lis
 def select_section(path: Path, doc: dict, curves_doc: dict | None) -> list[str]:
     """bench select: per data set and budget the sweep's RelAcc, PearCorr and cost, beside AtS's
     and each baseline's (Tune's own schedulers), and a summary per scheduler over the cells."""
-    packaged = packaged_by_name()
+    packaged = shipped_by_name()
     lines = [
         (f"Command: `{MAKES['select'].format(path=path)}`. One real replay sweep through Tune per data "
         "set and budget, probing every size column up to B. fraction_of_all_probes: compute spent / "
@@ -410,7 +410,7 @@ def select_section(path: Path, doc: dict, curves_doc: dict | None) -> list[str]:
         lines += ["", f"### {ds}", ""]
         if curves is None:
             unknown = "" if known_b else " B (?) is not known either: bench curves' JSON has no data set of that name."
-            lines += [f"{ds} is not a packaged data set: no AtS columns.{unknown}", ""]
+            lines += [f"{ds} is not a data set shipped with lensray: no AtS columns.{unknown}", ""]
         lines += table(header, select_rows(cells, curves, known_b))
         b_of = dict(budgets(curves)) if curves is not None else known_b
         scored += [(c, ats_at(curves, b_of[g])[0] if curves is not None and b_of.get(g) else None) for g, c in cells.items()]

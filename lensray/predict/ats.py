@@ -24,7 +24,7 @@ def ats_window(log_x: np.ndarray, log_y: np.ndarray, k: int = 3, delta: float = 
         return 0
     for p in range(k, n):
         tx, ty = log_x[-p:], log_y[-p:]
-        slope, icept = np.polyfit(tx, ty, 1)
+        slope, icept = _line(tx, ty)
         spread = float(np.std(ty - (slope * tx + icept)))
         miss = abs(log_y[-p - 1] - (slope * log_x[-p - 1] + icept))
         if miss > delta * spread:
@@ -32,12 +32,20 @@ def ats_window(log_x: np.ndarray, log_y: np.ndarray, k: int = 3, delta: float = 
     return 1
 
 
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line through (x, y); slope 0 through a single size."""
+    dx = x - x.mean()
+    var = float(dx @ dx)
+    slope = float(dx @ (y - y.mean())) / var if var > 0 else 0.0
+    return slope, float(y.mean()) - slope * float(x.mean())
+
+
 def ats_lines(log_x: np.ndarray, log_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(slopes, intercepts) of AtS's log-log line for every row of `log_y` (shape (m, n))."""
     slopes, icepts = np.empty(log_y.shape[0]), np.empty(log_y.shape[0])
     for i in range(log_y.shape[0]):
         start = ats_window(log_x, log_y[i])
-        slopes[i], icepts[i] = np.polyfit(log_x[start:], log_y[i, start:], 1)
+        slopes[i], icepts[i] = _line(log_x[start:], log_y[i, start:])
     return slopes, icepts
 
 
