@@ -10,7 +10,7 @@
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
     lensray bench curves --suite [--part dev|held-out|all] [--methods M ...] [--json OUT]
-    lensray bench select | scale | probe                  sweep quality/cost, scale, probe throughput
+    lensray bench select | scale | probe | phylo          sweep quality/cost, scale, probe throughput, fingerprint cost
 
 `--set section.field=value` (the value in YAML) overrides any config field, e.g.
 `--set fit.window=4 --set probe.lr=1e-4 --set pool.models=[a,b]`. Errors in the user's input are
@@ -40,6 +40,7 @@ commands, one example each:
           lensray bench select --out out/bench-select --json out/bench-select.json
           lensray bench scale --candidates 1000 --out out/bench-scale
           lensray bench probe --zoo zoo --model llama-copy-96 --workers 1
+          lensray bench phylo --models 100
 
 Errors in your input are one line naming the field or file and the fix (exit 2).
 """
@@ -148,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--synchronous", action="store_true", help="synchronous rungs (a Tune pause per size; slower)")
     scale.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     scale.add_argument("--out", metavar="DIR", default="out/bench-scale", help="where the sweep's files go: a new or empty folder, or one a bench made")
+    phylo_b = bench_sub.add_parser("phylo", help="a PhyloLM fingerprint's cost beside a probe, and for many models")
+    phylo_b.add_argument("config", nargs="?", help="selection YAML with backend hf; default: the demo")
+    phylo_b.add_argument("--model", default="", help="the pool's model to measure (default: its first)")
+    phylo_b.add_argument("--models", type=int, default=100, help="fingerprints made at once for the wall time (default 100)")
+    phylo_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    _add_set(phylo_b)
     probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s) and memory on this machine")
     probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
     probe.add_argument("--model", default="llama-copy-96", help="zoo model (default llama-copy-96)")
@@ -185,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "bench" and args.bench == "probe":
             return _bench_probe(args)
+        if args.command == "bench" and args.bench == "phylo":
+            return _bench_phylo(args)
         if args.command == "bench" and args.bench == "curves":
             from lensray.bench.curves import run_bench_curves
 
@@ -346,6 +355,18 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def _bench_phylo(args: argparse.Namespace) -> int:
+    import json
+
+    from lensray.bench.phylo import bench_phylo, format_phylo
+
+    result = bench_phylo(_load(args), args.model, args.models)
+    print(format_phylo(result))
+    print(json.dumps(result, indent=1))
+    _write_json(result, args.json)
+    return 0
 
 
 def _bench_probe(args: argparse.Namespace) -> int:

@@ -208,6 +208,19 @@ def test_the_stage_predicts_unknown_scores_and_orders_the_pool_most_promising_fi
     assert by_prior(pool).names == ["b", "d", "a", "c"]  # no prior: last
 
 
+def test_bench_phylo_refuses_what_it_cannot_measure_before_any_work(tmp_path):
+    from lensray.bench.phylo import bench_phylo
+    from lensray.config.load import DEMO_CONFIG, config_from_dict, load_config
+    from lensray.core.curves import packaged_curves
+
+    with pytest.raises(ConfigError, match="backend: hf"):
+        bench_phylo(config_from_dict({"backend": "replay", "replay": {"curves": str(packaged_curves()[0])},
+                                      "output": str(tmp_path)}))
+    with pytest.raises(ConfigError, match="--models 0"):
+        bench_phylo(load_config(DEMO_CONFIG, [f"output={tmp_path}"]), n_models=0)
+    assert not any(tmp_path.iterdir())
+
+
 def test_phylo_config_names_the_field_and_the_fix(tmp_path):
     for bad, field in [({"samples": 0}, "phylo.samples"), ({"top_p": 1.5}, "phylo.top_p"),
                        ({"temperature": 0}, "phylo.temperature"), ({"max_chars": 10}, "phylo.max_chars"),

@@ -46,15 +46,12 @@ class HFBackend:
         return Footprint({"CPU": TRIAL_CPU}, r.workers * r.cpus_per_worker + TRIAL_CPU, r.workers * r.gpus_per_worker,
                          cap_live_trials=True)
 
-    def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:
-        """Fine-tune the sizes in one TorchTrainer run; each size reaches Tune as it is done
-        (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes. A retried
-        trial's Ray Train run (named after the trial) resumes from its own checkpoint."""
-        from lensray.probe.hf.driver import run_probe
+    def spec(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str):
+        """The ProbeSpec of `candidate`'s probe at `sizes` under `cfg` (what `run` fine-tunes)."""
         from lensray.probe.hf.recipe import ProbeSpec
 
         r = cfg.resources
-        spec = ProbeSpec(
+        return ProbeSpec(
             candidate=candidate.name,
             model=candidate.model.path or candidate.model.name,
             data=replace(cfg.candidate_data(candidate), sizes=tuple(sizes), seed=cfg.seed),
@@ -66,7 +63,14 @@ class HFBackend:
             ),
             trust_remote_code=candidate.model.trust_remote_code,
         )
-        run_probe(spec)
+
+    def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:
+        """Fine-tune the sizes in one TorchTrainer run; each size reaches Tune as it is done
+        (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes. A retried
+        trial's Ray Train run (named after the trial) resumes from its own checkpoint."""
+        from lensray.probe.hf.driver import run_probe
+
+        run_probe(self.spec(cfg, candidate, sizes, trial_id))
 
 
 BACKEND = HFBackend()
