@@ -203,6 +203,16 @@ def test_tokenizer_without_pad_uses_eos(zoo_manifest, tmp_path):
     assert tok.pad_token == tok.eos_token == "</s>"
 
 
+def test_every_zoo_model_gets_the_word_level_tokenizer_it_was_pretrained_with(zoo_manifest, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    zoo_tok = PreTrainedTokenizerFast.from_pretrained(zoo_manifest["tokenizer"])
+    text = "translate : a b c"
+    for m in zoo_manifest["models"]:  # qwen2's would otherwise be Qwen2Tokenizer, splitting into characters
+        tok = load_tokenizer(make_spec(zoo_manifest, tmp_path, model=m["path"]))
+        assert tok(text)["input_ids"] == zoo_tok(text)["input_ids"], m["name"]
+
+
 def test_tokenizer_without_pad_or_eos_is_a_clear_error(zoo_manifest, tmp_path):
     path = _copy_model(zoo_manifest, tmp_path, drop=("pad_token", "eos_token"))
     with pytest.raises(ProbeError, match="has neither a pad nor an end .eos. token"):

@@ -11,6 +11,29 @@ from lensray.core.errors import ProbeError, one_line
 from lensray.probe.hf.recipe import ProbeSpec
 
 
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""tokenizer_config.json's names for a tokenizer that is its tokenizer.json and nothing else."""
+
+
+def _tokenizer_class(folder: Path | None, auto):
+    """The class to load a tokenizer with: the generic tokenizers backend for a local folder whose
+    tokenizer_config.json names it, else `auto` (AutoTokenizer). AutoTokenizer would build a
+    registered model type's own class instead (qwen2: Qwen2Tokenizer, which re-derives its
+    pre-tokenizer and splits the zoo's word-level vocabulary into characters)."""
+    import json
+
+    config = folder / "tokenizer_config.json" if folder is not None else None
+    try:
+        named = json.loads(config.read_text()).get("tokenizer_class") if config is not None and config.is_file() else None
+    except (OSError, ValueError):
+        named = None
+    if named in GENERIC_TOKENIZERS:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast
+    return auto
+
+
 def load_tokenizer(spec: ProbeSpec):
     """The candidate's tokenizer, with pad = eos when it has no pad token."""
     from transformers import AutoConfig, AutoTokenizer
@@ -23,7 +46,8 @@ def load_tokenizer(spec: ProbeSpec):
         raise ProbeError(f"model directory {spec.model!r} has no .safetensors weights (save it with save_pretrained)", spec.candidate)
     try:
         config = AutoConfig.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
-        tok = AutoTokenizer.from_pretrained(spec.model, trust_remote_code=spec.trust_remote_code)
+        tok = _tokenizer_class(where if looks_local else None, AutoTokenizer).from_pretrained(
+            spec.model, trust_remote_code=spec.trust_remote_code)
     except Exception as e:  # OSError (missing/offline), ValueError (remote code), ...
         where_ = "local directory" if looks_local else "hub id (is the hub reachable from here?)"
         raise ProbeError(f"cannot load model {spec.model!r} as a {where_}: {one_line(e)}", spec.candidate) from None
