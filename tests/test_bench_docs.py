@@ -57,6 +57,12 @@ PROBE = {"model": "llama-copy-96", "size": 1024, "num_workers": 1, "zero_stage":
          "tokens": 123456, "train_s": 13.5, "tokens_per_s": 9087.3, "wall_s": 40.2,
          "worker_peak_rss_gb": 0.62, "driver_peak_rss_gb": 0.4, "loss": 1.2345}
 
+PHYLO = {"model": "llama-text-32", "genes": 128, "samples": 32, "max_new_tokens": 5,
+         "fingerprint": {"tokens": 20000, "cold_s": 20.5, "warm_s": 3.25},
+         "probe": {"sizes": [32, 64, 128, 256], "tokens": 14400, "wall_s": 70.0},
+         "share_of_probe": {"seconds_cold": 0.2929, "seconds_warm": 0.0464, "tokens": 1.3889},
+         "many": {"models": 100, "failed": 0, "wall_s": 250.4, "cpus": 2, "cpus_per_model": 1.0}}
+
 
 @pytest.fixture(scope="module")
 def curves_result():
@@ -71,9 +77,9 @@ def curves_doc(curves_result):
 
 @pytest.fixture()
 def page(tmp_path, curves_doc):
-    """The generated page from all four JSON files, and their paths."""
+    """The generated page from the benches' JSON files, and their paths."""
     paths = {}
-    for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE)):
+    for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE), ("phylo", PHYLO)):
         paths[kind] = tmp_path / f"bench-{kind}.json"
         paths[kind].write_text(json.dumps(doc))
     return docs.generate(list(paths.values())), paths
@@ -176,6 +182,10 @@ def test_scale_and_probe_tables(page):
     probe = section(text, "## Probe throughput")
     assert "| `tokens_per_s` | 9087 |" in probe and "| `lora` | false |" in probe
     assert all(f"| `{k}` |" in probe for k in PROBE)
+    phylo = section(text, "## Fingerprint cost (PhyloLM)")
+    assert f"`lensray bench phylo --models 100 --json {paths['phylo']}`" in phylo
+    assert "| share of the probe | 4.6% of its seconds (29.3% in a fresh worker), 138.9% of its tokens |" in phylo
+    assert "| 100 fingerprints | 250 s wall on 2 CPUs, 0 failed |" in phylo
 
 
 def test_select_baselines_sit_beside_lensray_with_a_summary_per_scheduler(tmp_path):

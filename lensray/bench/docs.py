@@ -6,15 +6,15 @@
 
     python -m lensray.bench.docs [--out FILE | --out -] [JSON ...]
 
-The inputs default to the seven files `make bench` writes. Each file is recognised by its shape:
+The inputs default to the eight files `make bench` writes. Each file is recognised by its shape:
 `bench curves`' has "scores", `bench curves --suite`'s "summary" and "targets", `bench scale`'s
-"scheduler_share", `bench probe`'s "tokens_per_s",
+"scheduler_share", `bench probe`'s "tokens_per_s", `bench phylo`'s "share_of_probe",
 `bench select`'s is {dataset: {gamma: cell}}, and `lensray verify --json`'s has the keys of
 VERIFY_KEYS. There is one file of each bench, and any number of verify files, each a run titled
 by its file stem (`verify-demo`); the command shown for a run is the one `make bench` runs for
 that stem (VERIFY_RUNS), or `lensray select CONFIG` / `lensray verify CONFIG` for another stem
 (the JSON does not record its config). A missing file is skipped: its section says which command
-makes it. The machine is the one `bench curves` records (`make bench` runs the four benches and
+makes it. The machine is the one `bench curves` records (`make bench` runs the benches and
 the two demos one after another on one machine). AtS's RelAcc and PearCorr beside the replay
 sweeps are computed here from the packaged and the recorded curves, as `format_select` prints
 them; a data set that is neither gets no AtS columns. Numbers are formatted as the benches print them:
@@ -34,7 +34,7 @@ from lensray.bench.curves import budgets, fmt
 from lensray.bench.select import BASELINES, PICKS, ats_at, summary
 from lensray.core.curves import Curves, packaged_curves, read_curves, recorded_curves
 
-KINDS = ("curves", "suite", "select", "scale", "probe")
+KINDS = ("curves", "suite", "select", "scale", "probe", "phylo")
 DEFAULT_INPUTS = {kind: Path(f"out/bench-{kind}.json") for kind in KINDS}
 MAKES = {
     "curves": "lensray bench curves --json {path}",
@@ -42,6 +42,7 @@ MAKES = {
     "select": "lensray bench select --json {path}",
     "scale": "lensray bench scale --candidates 1000 --json {path}",
     "probe": "lensray bench probe --json {path}",
+    "phylo": "lensray bench phylo --models 100 --json {path}",
 }
 """The command that makes each bench's JSON (as `make bench` runs it), by kind."""
 VERIFY = "verify"
@@ -57,6 +58,7 @@ TITLES = {
     "select": "Replay sweeps through Tune",
     "scale": "Scale",
     "probe": "Probe throughput",
+    "phylo": "Fingerprint cost (PhyloLM)",
     VERIFY: "Demos: the selection against the truth at T",
 }
 FIRST_LINE = (
@@ -86,6 +88,8 @@ def kind_of(doc: Any, path: Path) -> str:
         return "scale"
     if isinstance(doc, dict) and "tokens_per_s" in doc:
         return "probe"
+    if isinstance(doc, dict) and "share_of_probe" in doc:
+        return "phylo"
     if isinstance(doc, dict) and doc and all(
         isinstance(cells, dict) and all(isinstance(c, dict) and "fraction_of_all_probes" in c for c in cells.values())
         for cells in doc.values()
@@ -93,7 +97,7 @@ def kind_of(doc: Any, path: Path) -> str:
         return "select"
     raise DocsError(
         f"{path}: not the JSON of a bench (expected what `lensray bench curves [--suite]|select|scale|"
-        "probe --json` or `lensray verify --json` writes)"
+        "probe|phylo --json` or `lensray verify --json` writes)"
     )
 
 
@@ -170,7 +174,7 @@ def machine_line(curves: dict | None) -> str:
     cpu = ", ".join(str(v) for v in (m.get("processor"), m.get("cpu_model")) if v)
     return (
         f"Measured on a {m.get('cpus', '?')}-core machine{f' ({cpu})' if cpu else ''}, as `bench curves` "
-        "recorded it; `make bench` runs the four benches, then the two demos' `lensray select` and "
+        "recorded it; `make bench` runs the benches, then the two demos' `lensray select` and "
         "`lensray verify`, one after another on one machine."
     )
 
@@ -471,6 +475,27 @@ def probe_section(path: Path, doc: dict) -> list[str]:
     ]
 
 
+def phylo_section(path: Path, doc: dict) -> list[str]:
+    """bench phylo: one fingerprint beside one probe of the same model, and many at once."""
+    fp, pr, share, many = doc["fingerprint"], doc["probe"], doc["share_of_probe"], doc["many"]
+    tokens = "n/a" if share["tokens"] is None else f"{share['tokens']:.1%}"
+    return [
+        (f"Command: `lensray bench phylo --models {many['models']} --json {path}` (lensray/bench/phylo.py), "
+         f"on the demo's pool: one fingerprint of `{doc['model']}` ({doc['genes']} genes x {doc['samples']} "
+         f"samples of {doc['max_new_tokens']} tokens) beside the sweep's probe of the same model (every "
+         "planned size up to the budget, one Ray Train run), and many fingerprints at once on the local Ray. "
+         "Target: a fingerprint costs at most 5% of a probe."),
+        "",
+        *table(["what", "figure"], [
+            ["fingerprint", f"{fp['tokens']} tokens generated, {fp['warm_s']:.1f} s ({fp['cold_s']:.1f} s in a fresh worker)"],
+            [f"probe at {pr['sizes']}", f"{pr['tokens']} training tokens, {pr['wall_s']:.1f} s"],
+            ["share of the probe", f"{share['seconds_warm']:.1%} of its seconds ({share['seconds_cold']:.1%} in a "
+                                   f"fresh worker), {tokens} of its tokens"],
+            [f"{many['models']} fingerprints", f"{many['wall_s']:.0f} s wall on {many['cpus']} CPUs, {many['failed']} failed"],
+        ]),
+    ]
+
+
 # --- lensray verify ------------------------------------------------------------------------------
 
 
@@ -536,15 +561,17 @@ def markdown(found: dict[str, tuple[Path, Any]], missing: list[Path]) -> str:
             lines += select_section(path, doc, curves_doc)
         elif kind == "scale":
             lines += scale_section(path, doc)
-        else:
+        elif kind == "probe":
             lines += probe_section(path, doc)
+        else:
+            lines += phylo_section(path, doc)
     if runs or missing_runs:
         lines += ["", f"## {TITLES[VERIFY]}", "", *verify_section(runs, missing_runs)]
     return "\n".join(lines) + "\n"
 
 
 def generate(paths: list[Path] | None = None) -> str:
-    """docs/benchmarks.md's text from the JSON files `paths` (default: the seven `make bench` writes)."""
+    """docs/benchmarks.md's text from the JSON files `paths` (default: the eight `make bench` writes)."""
     found, missing = load(paths or [*DEFAULT_INPUTS.values(), *DEFAULT_VERIFY])
     for p in missing:
         print(f"lensray.bench.docs: {missing_line(p)}", file=sys.stderr)
