@@ -221,6 +221,22 @@ def test_bench_phylo_refuses_what_it_cannot_measure_before_any_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_known_scores_come_from_a_model_score_csv_or_a_recorded_curves_file(tmp_path):
+    from lensray.core.curves import recorded_curves, read_curves
+    from lensray.stages.phylo.stage import read_scores
+
+    plain = tmp_path / "known.csv"
+    plain.write_text("model,score\na,0.5\nb,1.25\n")
+    assert read_scores(plain) == {"a": 0.5, "b": 1.25}
+    cipher = next(p for p in recorded_curves() if p.name == "zoo-cipher.csv")
+    curves = read_curves(cipher)
+    assert read_scores(cipher) == dict(zip(curves.candidates, curves.losses[:, -1]))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,loss\na,1\n")
+    with pytest.raises(ConfigError, match="needs the columns model and score"):
+        read_scores(bad)
+
+
 def test_phylo_config_names_the_field_and_the_fix(tmp_path):
     for bad, field in [({"samples": 0}, "phylo.samples"), ({"top_p": 1.5}, "phylo.top_p"),
                        ({"temperature": 0}, "phylo.temperature"), ({"max_chars": 10}, "phylo.max_chars"),

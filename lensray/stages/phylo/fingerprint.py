@@ -100,8 +100,9 @@ class PhyloConfig:
     prior_level: float = 0.9
     """Coverage of a prior's interval."""
     scores: str = ""
-    """CSV of known losses (or errors) at T by model (columns model, score): each Candidate then
-    gets a prior from its nearest relatives among them; empty = no priors."""
+    """CSV of known losses (or errors) at T by model (columns model, score), or a curves file
+    (`lensray record`'s; its largest size): each Candidate then gets a prior from its nearest
+    relatives among them; empty = no priors."""
     cache_dir: str = ""
     """Where fingerprints are cached (empty = $LENSRAY_CACHE/phylo, else ~/.cache/lensray/phylo)."""
 

@@ -37,14 +37,25 @@ FILES = ("phylo_distances.parquet", "phylo_tree.nwk", "phylo_tree.png", "phylo.j
 
 
 def read_scores(path: str | Path) -> dict[str, float]:
-    """Known losses (or errors) at T by model, from a CSV with columns `model` and `score`."""
+    """Known losses (or errors) at T by model, from a CSV with columns `model` and `score`, or
+    from a curves file (`lensray record`'s schema, lensray.core.curves): its largest size."""
+    from lensray.core.curves import read_curves
+    from lensray.core.errors import CurveError
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"phylo.scores={str(path)!r}: no such file; give a CSV with columns model,score or leave it empty")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and "config name" in rows[0]:
+        try:
+            curves = read_curves(path)
+        except CurveError as err:
+            raise ConfigError(f"phylo.scores={str(path)!r}: {err}") from None
+        return dict(zip(curves.candidates, map(float, curves.losses[:, -1])))
     if not rows or not {"model", "score"} <= set(rows[0]):
-        raise ConfigError(f"phylo.scores={str(path)!r}: needs the columns model and score (one row per model)")
+        raise ConfigError(f"phylo.scores={str(path)!r}: needs the columns model and score (one row per model), "
+                          "or a curves file (lensray record's)")
     try:
         return {r["model"]: float(r["score"]) for r in rows}
     except ValueError as err:
