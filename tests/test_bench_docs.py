@@ -153,7 +153,10 @@ def test_curves_tables_hold_the_bench_figures(page, curves_doc):
 
 
 def test_select_table_sits_beside_ats_at_the_same_budget(page):
-    text, _ = page
+    text, paths = page
+    # no cell ran the baselines: the command says so and no baselines are described
+    assert f"Command: `lensray bench select --no-baselines --json {paths['select']}`" in text
+    assert "Baselines:" not in section(text, "## Replay sweeps through Tune")
     flan_md = section(section(text, "## Replay sweeps through Tune"), "### flan")
     flan = read_curves(next(p for p in packaged_curves() if p.stem == "flan"))
     truth, target = flan.losses[:, -1], int(flan.sizes[-1])

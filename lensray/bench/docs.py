@@ -391,18 +391,20 @@ def select_section(path: Path, doc: dict, curves_doc: dict | None) -> list[str]:
     """bench select: per data set and budget the sweep's RelAcc, PearCorr and cost, beside AtS's
     and each baseline's (Tune's own schedulers), and a summary per scheduler over the cells."""
     packaged = shipped_by_name()
+    with_baselines = any("baselines" in c for cells in doc.values() for c in cells.values())
+    command = MAKES["select"] if with_baselines else MAKES["select"].replace(" --json", " --no-baselines --json")
     lines = [
-        (f"Command: `{MAKES['select'].format(path=path)}`. One real replay sweep through Tune per data "
+        (f"Command: `{command.format(path=path)}`. One real replay sweep through Tune per data "
         "set and budget, probing every size column up to B. fraction_of_all_probes: compute spent / "
         "compute of probing every candidate at every size up to B (what AtS spends); "
         "fraction_of_full: / compute of fine-tuning every candidate at T. AtS: AtS's RelAcc and "
-        f"PearCorr at the same budget. Targets: RelAcc >= AtS's, fraction_of_all_probes <= {COST_TARGET}. "
-        "Baselines: the same pool and budget swept through Tune with "
-        + ", ".join(f"`{b.label}`" for b in BASELINES)
-        + " (Tune's AsyncHyperBandScheduler with that reduction factor, and its MedianStoppingRule; "
-        "progress is the report index, one per size, grace period the first size, the metric the "
-        "held-out loss): the RelAcc of the lowest loss observed at B among the trials that reached B / "
-        "the RelAcc of AtS on those trials' curves / fraction_of_all_probes."),
+        f"PearCorr at the same budget. Targets: RelAcc >= AtS's, fraction_of_all_probes <= {COST_TARGET}."
+        + ((" Baselines: the same pool and budget swept through Tune with "
+            + ", ".join(f"`{b.label}`" for b in BASELINES)
+            + " (Tune's AsyncHyperBandScheduler with that reduction factor, and its MedianStoppingRule; "
+            "progress is the report index, one per size, grace period the first size, the metric the "
+            "held-out loss): the RelAcc of the lowest loss observed at B among the trials that reached B / "
+            "the RelAcc of AtS on those trials' curves / fraction_of_all_probes.") if with_baselines else "")),
     ]
     scored: list[tuple[dict, float | None]] = []
     for ds, cells in doc.items():
