@@ -36,6 +36,16 @@ def zoo_manifest(zoo_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
+def zoo_lineages(zoo_dir: Path) -> dict:
+    """The zoo's lineages (lensray.zoo.lineages), built once on top of `zoo_dir` (a no-op while
+    their config hash is unchanged): their manifest with absolute paths."""
+    from lensray.zoo.lineages import build_lineages, load_lineages
+
+    build_lineages(zoo_dir)
+    return load_lineages(zoo_dir)
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """The zoo's word-level tokenizer, trained in-process (no zoo build needed)."""
     from lensray.zoo.build import build_tokenizer

@@ -289,6 +289,11 @@ def _check_local_files(cfg: SelectConfig) -> None:
         if _in_zoo(cfg, m.path) and not where.exists():
             if where.parent == Path(cfg.zoo) / "models" and where.name in zoo_names:
                 continue
+            if where.parent == Path(cfg.zoo) / "lineages" / "models":
+                raise ConfigError(
+                    f"pool.models[{i}].path {m.path!r} is a model of the zoo's lineages, not built yet: "
+                    f"run `lensray zoo build --out {cfg.zoo}` first (it builds them after the zoo)"
+                )
             close = difflib.get_close_matches(where.name, zoo_names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(

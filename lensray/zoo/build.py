@@ -5,8 +5,10 @@ its own Pool of Candidates: eight small causal LMs over six transformers archite
 Llama, Qwen2, GPT-NeoX, OPT, Mistral), from ~25k to ~1.2M parameters, each pretrained here for
 its own number of steps on its own synthetic corpus, sharing one word-level tokenizer trained
 here. Each is saved with `save_pretrained` (safetensors) next to the tokenizer, so
-`AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)` load it
-exactly as they would a hub model.
+`AutoModelForCausalLM.from_pretrained(path)` loads it exactly as it would a hub model, and the
+tokenizer with `PreTrainedTokenizerFast.from_pretrained(path)` (lensray's probes do: transformers'
+AutoTokenizer gives the qwen2 model Qwen2Tokenizer, which splits the word-level vocabulary into
+characters).
 
 Run it::
 
@@ -25,6 +27,8 @@ Layout of the output directory (a new or empty folder, or a zoo: nothing else is
     aspects.jsonl           the built-in multi-aspect task, {"text", "targets", "evidence"}
                             records (lensray.data.design), with ``aspect_schema`` in the manifest
     models/<name>/          config.json, model.safetensors, tokenizer files
+    lineages/               models derived from these, with a known family tree
+                            (lensray.zoo.lineages; `lensray zoo build` builds them after the zoo)
 
 The task ("cipher"): a prompt ``<kind> : x1 x2 x3 x4 x5 ->`` over 16 symbols ``a..p`` and one
 fixed secret permutation ``s`` without fixed points, in two sub-tasks (`TASK_KINDS`):
@@ -371,9 +375,13 @@ def _model_config(spec: ZooModel, tokenizer) -> Any:
     raise ValueError(f"ZooModel {spec.name!r}: unknown architecture {spec.architecture!r}")
 
 
-def _pretrain(spec: ZooModel, tokenizer, seed: int, n_base: int | None = None) -> tuple[Any, float, float | None]:
-    """Pretrain one model from scratch on its corpus; returns (model, mean loss of its last 50
-    corpus steps, mean loss of its last 10 aspect steps or None for copy/format models).
+def _pretrain(
+    spec: ZooModel, tokenizer, seed: int, n_base: int | None = None, init: Any = None, lr: float = _LR
+) -> tuple[Any, float, float | None]:
+    """Pretrain one model from scratch on its corpus (or continue pretraining `init`, a model of
+    `spec`'s shape, on it: lensray.zoo.lineages), at peak learning rate `lr`; returns (model, mean
+    loss of its last 50 corpus steps, mean loss of its last 10 aspect steps or None for
+    copy/format models).
 
     The model is initialised with the first `n_base` ids only (the words before the aspect
     task), then its embeddings are grown to the whole vocabulary, so adding words leaves every
@@ -386,16 +394,19 @@ def _pretrain(spec: ZooModel, tokenizer, seed: int, n_base: int | None = None) -
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    config = _model_config(spec, tokenizer)
-    config.vocab_size = n_base or len(tokenizer)
-    model = AutoModelForCausalLM.from_config(config)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # new rows: the model's own init
+    if init is None:
+        config = _model_config(spec, tokenizer)
+        config.vocab_size = n_base or len(tokenizer)
+        model = AutoModelForCausalLM.from_config(config)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # new rows: the model's own init
+    else:
+        model = init
     rng = np.random.default_rng([seed, 3])
     aspect_rng = np.random.default_rng([seed, 4])
     n_aspect_steps = spec.steps // _ASPECT_EVERY if spec.corpus in ("text", "mix") else 0
     records = aspect_examples(n_aspect_steps * _ASPECT_BATCH, 10**6 + seed)
     designs = all_designs()
-    opt = torch.optim.AdamW(model.parameters(), lr=_LR, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     # Linear warm-up over 5% of the steps, then linear decay to 10% of the peak.
     warm = max(1, spec.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -508,22 +519,23 @@ def _is_zoo_manifest(path: Path) -> bool:
     )
 
 
-def _claim_zoo(out_dir: Path) -> None:
+def _claim_zoo(out_dir: Path, what: str = ZOO_OWNER) -> None:
     """Make `out_dir` a folder the zoo may be (re)built in, or raise StorageError: a new or empty
     folder, or a zoo (marked, or with a manifest.json of `build_zoo`'s from before the marker).
     Its `models` folder is deleted on a rebuild, so a folder another lensray command made (a
-    bench's) is refused when it has one."""
+    bench's) is refused when it has one. `what` is the owner claiming it: the zoo, or its
+    lineages (lensray.zoo.lineages.LINEAGES_OWNER, which claim their own folder in the zoo)."""
     from lensray.cluster.storage import MARKER, claim_folder
     from lensray.core.errors import StorageError
 
     marker = out_dir / MARKER
-    if not marker.exists() and _is_zoo_manifest(out_dir / "manifest.json"):
+    if what == ZOO_OWNER and not marker.exists() and _is_zoo_manifest(out_dir / "manifest.json"):
         marker.write_text(ZOO_OWNER + "\n")
-    claim_folder(out_dir, ZOO_OWNER)
+    claim_folder(out_dir, what)
     owner = marker.read_text().strip()
-    if owner != ZOO_OWNER and (out_dir / "models").exists():
+    if owner != what and (out_dir / "models").exists():
         raise StorageError(
-            f"{out_dir / 'models'} was not written by `{ZOO_OWNER}` ({out_dir} holds the files of `{owner}`): "
+            f"{out_dir / 'models'} was not written by `{what}` ({out_dir} holds the files of `{owner}`): "
             "choose another --out for the zoo"
         )
 
