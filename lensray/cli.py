@@ -5,6 +5,8 @@
     lensray verify [CONFIG] [--json OUT] [--set K=V ...]    fine-tune every candidate at T, score the selection
     lensray record [CONFIG] --out CSV [--resume] [--set K=V ...]   every candidate at every size up to T, as a curves CSV
     lensray phylo [CONFIG] [--scores CSV] [--json OUT] [--set K=V ...]   PhyloLM fingerprints, family tree, near-duplicates, priors
+    lensray route CONFIG [--out DIR|URI] [--json OUT] [--set K=V ...]   SelectLLM routing over a finished selection's finalists
+    lensray serve CONFIG [--host 127.0.0.1] [--port 8000] [--set K=V ...]   serve the finalists behind the router (Ray Serve)
     lensray submit [CONFIG] --address URL --out DIR [--resume] [--wait] [--set K=V ...]   run it as a Ray job
     lensray jobs | logs JOB | stop JOB [--address URL]   the cluster's jobs
     lensray zoo build [--out DIR] [--seed N] [--force]    build the offline tiny model zoo
@@ -31,6 +33,8 @@ commands, one example each:
   verify  lensray verify configs/replay-flan.yaml --json out/verify.json
   record  lensray record --out curves.csv                                   (no CONFIG: the zoo demo's pool)
   phylo   lensray phylo --scores known.csv                                  (CSV columns: model,score)
+  route   lensray route configs/sde-demo.yaml                               (after its `lensray select`)
+  serve   lensray serve configs/sde-demo.yaml --port 8000                   (after its route stage ran)
   submit  lensray submit configs/replay-flan.yaml --address http://127.0.0.1:8265 --out /mnt/shared/lensray
   jobs    lensray jobs --address http://127.0.0.1:8265
   logs    lensray logs raysubmit_XXXX --address http://127.0.0.1:8265
@@ -94,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     phylo.add_argument("--json", metavar="OUT", help="also write phylo.json's content to OUT")
     _add_set(phylo)
 
+    route = sub.add_parser("route", help="SelectLLM routing over a finished selection's finalists: evaluation, router, report")
+    route.add_argument("config", help="the selection's YAML (its `lensray select` run must exist, with probe.metric: task)")
+    route.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
+    route.add_argument("--json", metavar="OUT", help="also write route.json's content to OUT")
+    _add_set(route)
+
+    serve = sub.add_parser("serve", help="serve the finalists behind the trained router on Ray Serve (HTTP) until Ctrl-C")
+    serve.add_argument("config", help="the selection's YAML (its route stage must have run)")
+    serve.add_argument("--out", metavar="DIR", help="output folder or storage URI, e.g. s3://bucket/sweeps (overrides the config's `output`)")
+    serve.add_argument("--host", default="127.0.0.1", help="address the HTTP proxy listens on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    _add_set(serve)
+
     submit = sub.add_parser("submit", help="run a selection as a job on a Ray cluster (Ray Jobs API)")
     submit.add_argument("config", nargs="?", help="selection YAML; its folder is uploaded as the job's working dir")
     submit.add_argument("--out", metavar="DIR", help="output on storage the cluster shares (absolute path or URI)")
@@ -111,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="the offline tiny model zoo")
     zoo_sub = zoo.add_subparsers(dest="zoo", required=True)
-    build = zoo_sub.add_parser("build", help="build (or reuse) the zoo: 8 tiny causal LMs and a task")
+    build = zoo_sub.add_parser("build", help="build (or reuse) the zoo: 8 tiny causal LMs, a task, and models derived from them (lineages)")
     build.add_argument("--out", metavar="DIR", default="zoo", help="folder (default: zoo); a new or empty one, or a zoo")
     build.add_argument("--seed", type=int, default=0, help="seed of the whole zoo (default 0)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is up to date")
@@ -181,14 +198,20 @@ def main(argv: list[str] | None = None) -> int:
             return _record(args)
         if args.command == "phylo":
             return _phylo(args)
+        if args.command == "route":
+            return _route(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command in ("submit", "jobs", "logs", "stop"):
             return _jobs(args)
         if args.command == "zoo":
             from pathlib import Path
 
             from lensray.zoo.build import build_zoo
+            from lensray.zoo.lineages import build_lineages
 
             build_zoo(Path(args.out), seed=args.seed, force=args.force)
+            build_lineages(Path(args.out), seed=args.seed, force=args.force)
             return 0
         if args.command == "bench" and args.bench == "probe":
             return _bench_probe(args)
@@ -425,6 +448,31 @@ def _phylo(args: argparse.Namespace) -> int:
               f"({score['known']} known scores, {score['families']} families)")
     print(f"files: {', '.join(str(folder / f) for f in FILES if (folder / f).exists())}")
     _write_json(summary, args.json)
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from lensray.stages.route.saved import FILES as ROUTER_FILES
+    from lensray.stages.route.stage import FILES, run_route
+
+    folder, selection = run_route(_load(args))
+    r = selection.doc["route"]
+    sizes = ", ".join(f"{n} (size {r['sizes'][n]})" for n in r["finalists"])
+    print(f"routed {r['queries']} held-out queries between {len(r['finalists'])} finalists: {sizes}; "
+          f"{r['folds']}-fold cross-validation")
+    for name, s in r["scores"].items():
+        served = "  <- served" if name == r["policy"] else ""
+        print(f"  {name:<24} accuracy {s['accuracy']:.3f} +- {s['accuracy_std']:.3f}, {s['calls']:.2f} calls, "
+              f"{s['latency']:.3g} s, {s['flops']:.3g} FLOPs per query{served}")
+    print(f"files: {', '.join(str(folder / f) for f in FILES + ROUTER_FILES)}; report: {folder / 'report.md'}")
+    _write_json(r, args.json)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lensray.stages.route.serve import serve_forever
+
+    serve_forever(_load(args), args.host, args.port)
     return 0
 
 

@@ -20,6 +20,7 @@ from lensray.probe.base import get_backend
 from lensray.probe.hf.recipe import ProbeConfig
 from lensray.stages.base import get_stage
 from lensray.stages.phylo.fingerprint import PhyloConfig
+from lensray.stages.route.config import RouteConfig
 
 NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
 
@@ -177,6 +178,9 @@ class SelectConfig:
     """Pre- and post-sweep stages."""
     phylo: PhyloConfig = field(default_factory=PhyloConfig)
     """The `phylo` pre-sweep stage: PhyloLM fingerprints, tree, near-duplicates, priors."""
+    route: RouteConfig = field(default_factory=RouteConfig)
+    """The `route` post-sweep stage (and `lensray route` / `lensray serve`): SelectLLM routing of
+    each query to the finalists most likely to answer it, from the probes' per-query results."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """Replay backend settings."""
     data: DataConfig | None = None
@@ -263,6 +267,10 @@ class SelectConfig:
         for kind in ("pre", "post"):
             for name in getattr(self.stages, kind):
                 get_stage(kind, name)
+        if "route" in self.stages.post:
+            from lensray.stages.route.stage import check_route
+
+            check_route(self)
         if not NAME_RE.match(self.name):
             raise ConfigError(f"name {self.name!r} must match {NAME_RE.pattern} (it names a folder)")
         names = [m.name for m in self.pool.models]

@@ -53,10 +53,12 @@ import numpy as np
 
 from lensray.core.errors import DataError
 from lensray.data.design import (
+    ParsedOutput,
     SampleDesign,
     TargetSchema,
     TaskScore,
     design_from_config,
+    parse_output,
     render,
     render_plain,
     score,
@@ -226,8 +228,9 @@ class PreparedData:
     eval: Any
     """datasets.Dataset of the held-out rows: input_ids, labels and row like the training rows,
     plus `prompt_ids` (the prompt tokens, BOS or chat head included, to generate the response
-    from) and `reference` (a JSON string: the record's targets dict for structured data, the
-    response text for plain data; see `references` and `score`)."""
+    from), `reference` (a JSON string: the record's targets dict for structured data, the
+    response text for plain data; see `references` and `score`) and `query` (the query as a
+    user writes it: the record's text, or the prompt field, before any design or template)."""
     n_examples: int
     """Rows in the source data."""
     n_truncated: int
@@ -609,15 +612,66 @@ def score_outputs(
     return score_plain(list(outputs), refs)
 
 
+def canonical_answer(output: str, design: SampleDesign | None, schema: TargetSchema | None) -> str:
+    """What a generated response answers, written one way whatever the design: equal strings are
+    one answer (a vote between finalists of different designs). Structured data: the parsed
+    label per target, as JSON in schema order (null: unmentioned), or the output itself when it
+    breaks the design's format; plain data: the output with its whitespace normalised."""
+    if schema is None:
+        return " ".join(str(output).split())
+    return _parsed_answer(parse_output(output, design, schema), output)
+
+
+def _parsed_answer(parsed: ParsedOutput, output: str) -> str:
+    return json.dumps(parsed.labels) if parsed.ok else str(output).strip()
+
+
+def judge_outputs(
+    outputs: list[str], references: list[str], design: SampleDesign | None, schema: TargetSchema | None
+) -> list[tuple[bool, str]]:
+    """Per output (one per held-out row, in order): whether it is right, and its
+    `canonical_answer`. Right means every target right under the design (structured data; a
+    malformed output is wrong) or an exact match after whitespace normalisation (plain data):
+    the per-query view of `score_outputs`."""
+    if len(outputs) != len(references):
+        raise ValueError(f"judge_outputs: {len(outputs)} outputs for {len(references)} references; give one each")
+    judged = []
+    for output, ref in zip(outputs, (json.loads(r) for r in references)):
+        if schema is None:
+            answer = canonical_answer(output, design, schema)
+            judged.append((answer.split() == str(ref).split(), answer))
+            continue
+        parsed = parse_output(output, design, schema)
+        right = parsed.ok and all(parsed.labels[name] == ref.get(name) for name in schema.names)
+        judged.append((right, _parsed_answer(parsed, output)))
+    return judged
+
+
+def prompt_ids(cfg: DataConfig, tokenizer, query: str) -> list[int]:
+    """The prompt tokens of a query text (a record's `text`, or a plain prompt) under cfg's
+    design and template: the held-out rows' `prompt_ids` for their `query`, and what a served
+    finalist generates from."""
+    design = cfg.sample_design
+    if cfg.schema is not None:
+        prompt = render({"text": query, "targets": {}, "evidence": {}}, design, cfg.schema).prompt
+    elif design is not None:
+        prompt = render_plain(query, "", design, cfg.instruction).prompt
+    else:
+        prompt = query
+    return _encode(cfg, tokenizer, prompt, "")[0]
+
+
 def _eval_rows(cfg: DataConfig, tokenizer, ds, held):
-    """The held-out rows with `prompt_ids` and `reference` added, rebuilt from their source rows
+    """The held-out rows with `query`, `prompt_ids` and `reference` added, rebuilt from their source rows
     (the `row` column) rather than cached, so a cache written before these columns existed
     serves as well; an in-memory Dataset (eval_size rows)."""
     import datasets
 
     columns = held[:]
+    source = ds.select(columns["row"])
+    columns["query"] = [str(q) for q in source["text" if cfg.schema is not None else cfg.prompt_field]]
     columns["prompt_ids"], columns["reference"] = [], []
-    for sample in _samples(cfg, ds.select(columns["row"])):
+    for sample in _samples(cfg, source):
         _, prompt, response, _, reference = sample  # held rows were usable when tokenised
         columns["prompt_ids"].append(_encode(cfg, tokenizer, prompt, response)[0])
         columns["reference"].append(reference)

@@ -22,8 +22,11 @@
      ...}                                 post-sweep stages may add keys of their own
 
 `observations.parquet`: one row per Observation (candidate, size, loss, tokens, flops, wall_s,
-extra as JSON). `report.md`: the same for people. `curves.png`: points, fitted extrapolations
-to T and where candidates were stopped.
+extra as JSON, without the per-query records). `queries.parquet`, when probes kept per-query
+records (probe.metric: task): one row per candidate and held-out query, from the candidate's
+last size (columns candidate, size and lensray.probe.hf.worker.QUERY_FIELDS). `report.md`: the
+same for people, with a Routing section when the `route` stage ran. `curves.png`: points,
+fitted extrapolations to T and where candidates were stopped.
 """
 
 from __future__ import annotations
@@ -45,19 +48,26 @@ RANKED_BY = {
 
 
 def write_report(selection: Selection, out_dir: Path) -> list[Path]:
-    """Write the four report files into out_dir; returns their paths."""
+    """Write the report files into out_dir (queries.parquet only when probes kept per-query
+    records); returns their paths."""
+    from lensray.stages.route.stage import route_section
+
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / n for n in ("selection.json", "observations.parquet", "report.md", "curves.png")]
     paths[0].write_text(json.dumps(selection.doc, indent=1) + "\n")
     _write_observations(selection, paths[1])
-    paths[2].write_text(_markdown(selection) + _phylo_section(out_dir))
+    paths[2].write_text(_markdown(selection) + _phylo_section(out_dir) + route_section(selection.doc))
     plot_curves(selection, paths[3])
+    if _write_queries(selection, out_dir / "queries.parquet"):
+        paths.append(out_dir / "queries.parquet")
     return paths
 
 
 def _write_observations(selection: Selection, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from lensray.probe.hf.worker import QUERIES_KEY
 
     rows = [o for obs in selection.observations.values() for o in obs]
     table = pa.table({
@@ -67,9 +77,26 @@ def _write_observations(selection: Selection, path: Path) -> None:
         "tokens": pa.array([o.tokens for o in rows], pa.int64()),
         "flops": pa.array([o.flops for o in rows], pa.float64()),
         "wall_s": pa.array([o.wall_s for o in rows], pa.float64()),
-        "extra": [json.dumps(o.extra) for o in rows],
+        "extra": [json.dumps({k: v for k, v in o.extra.items() if k != QUERIES_KEY}) for o in rows],
     })
     pq.write_table(table, path)
+
+
+def _write_queries(selection: Selection, path: Path) -> bool:
+    """queries.parquet (see the module) from each candidate's last Observation with per-query
+    records; False, and no file, when there are none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lensray.probe.hf.worker import QUERY_FIELDS
+    from lensray.stages.route.queries import query_results
+
+    rows = [{"candidate": r.candidate, "size": r.size, **{f: q[f] for f in QUERY_FIELDS}}
+            for r in query_results(selection.observations).values() for q in r.records]
+    if not rows:
+        return False
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return True
 
 
 def _fmt(v: float | None) -> str:

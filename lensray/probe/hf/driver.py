@@ -8,7 +8,8 @@ of greedy responses to the held-out prompts, scored under the data's sample desi
 reports one Observation: candidate, size, loss (or error), training tokens, FLOPs
 (6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.probe.hf.ntk) of the
 pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps, the
-weight change, the throughput and, with `metric="task"`, the accuracy, F1 and format error rate.
+weight change, the throughput and, with `metric="task"`, the accuracy, F1 and format error rate
+and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
 
 Use it::
 
@@ -120,6 +121,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
     if cfg.metric == "task":
         loop_config["eval_prompts"] = list(data.eval["prompt_ids"])
         loop_config["eval_references"] = list(data.eval["reference"])
+        loop_config["eval_queries"] = [[int(i), q] for i, q in zip(data.eval["row"], data.eval["query"])]
     result = _fit(spec, loop_config, use_gpu)
     payload = result.return_value or {}
     observations = [Observation.from_dict(d) for d in payload.get("observations", [])]

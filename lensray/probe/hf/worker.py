@@ -1,6 +1,12 @@
 """The hf probe's Ray Train worker loop: one process per rank fine-tunes the Candidate with DeepSpeed
 on every remaining subset size, evaluates it on the held-out set, and reports an Observation
 (and a checkpoint of its progress) after each size.
+
+With `metric="task"` every Observation also keeps, under `extra[QUERIES_KEY]`, one record per
+held-out query (QUERY_FIELDS): its id and text (the same for every Candidate of a sweep that
+holds out the same rows), whether the fine-tuned model answered it right, its answer, and what
+answering cost. The last size a probe ran is the one the `route` stage reads
+(lensray.stages.route.queries).
 """
 
 from __future__ import annotations
@@ -16,6 +22,20 @@ from lensray.data.dataset import IGNORE_INDEX
 from lensray.probe.hf.loading import load_model, load_tokenizer
 from lensray.probe.hf.ntk import NTKStats, ntk_term
 from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+
+QUERIES_KEY = "queries"
+"""The key of Observation.extra under which a task-metric probe keeps its per-query records."""
+QUERY_FIELDS = {
+    "id": "the held-out row's index in the source data",
+    "query": "the query as a user writes it (the record's text, or the prompt field)",
+    "correct": "1 when the response is right (every target, or an exact match), else 0",
+    "answer": "the response's canonical answer (lensray.data.dataset.canonical_answer)",
+    "output": "the response as generated",
+    "tokens": "prompt plus generated tokens",
+    "flops": "2 x parameters x tokens: one forward pass over each position, the cache keeping the rest",
+    "latency_s": "wall seconds of the generation batch it was in, shared equally among its prompts",
+}
+"""Each per-query record's fields and their meaning."""
 
 
 def _pad(rows, pad_id: int, torch, device):
@@ -59,16 +79,19 @@ def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device) -> list[list[int]]:
+def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device,
+              timings: list[float] | None = None) -> list[list[int]]:
     """Greedy responses (token ids up to the end token) to prompts[rank::world]. Prompts of one
     length are batched together, so no padding enters the model (left padding is handled
-    differently, or not at all, by different architectures)."""
+    differently, or not at all, by different architectures). `timings`, when given, receives
+    each response's share of its batch's wall seconds, in the order of the responses."""
     mine = prompts[rank::world]
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(mine):
         by_length.setdefault(len(p), []).append(i)
     out: list[list[int]] = [[] for _ in mine]
+    seconds = [0.0] * len(mine)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -77,38 +100,56 @@ def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, 
             for j in range(0, len(rows), cfg.eval_batch) if new > 0 else ():
                 chunk = rows[j : j + cfg.eval_batch]
                 ids = torch.tensor([mine[i] for i in chunk], dtype=torch.long, device=device)
+                start = time.perf_counter()
                 gen = model.generate(
                     input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
                     eos_token_id=eos_id, pad_token_id=pad_id,
                 )
+                share = (time.perf_counter() - start) / len(chunk)
                 for i, row in zip(chunk, gen[:, n:].tolist()):
                     out[i] = row[: row.index(eos_id)] if eos_id in row else row
+                    seconds[i] = share
     model.train(was_training)
+    if timings is not None:
+        timings.extend(seconds)
     return out
 
 
-def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, rank, world, torch, device) -> dict[str, Any]:
+def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, n_params: int, rank, world, torch,
+                 device) -> dict[str, Any]:
     """metric=task: every rank generates for its share of the held-out prompts; the outputs are
-    gathered and scored against the references under the data's design (lensray.data.dataset)."""
+    gathered and scored against the references under the data's design (lensray.data.dataset),
+    and judged one by one into the per-query records (QUERY_FIELDS)."""
     import torch.distributed as dist
 
-    from lensray.data.dataset import score_outputs
+    from lensray.data.dataset import judge_outputs, score_outputs
 
     prompts = config["eval_prompts"]
-    mine = _generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch, device)
-    shares = [mine]
+    seconds: list[float] = []
+    mine = _generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch,
+                     device, seconds)
+    shares = [(mine, seconds)]
     if world > 1:
         shares = [None] * world
-        dist.all_gather_object(shares, mine)
-    outputs = [""] * len(prompts)
-    for r, share in enumerate(shares):  # rank r generated prompts[r::world]
-        for k, ids in enumerate(share):
-            outputs[r + k * world] = tokenizer.decode(ids, skip_special_tokens=True)
-    result = score_outputs(outputs, config["eval_references"], spec.data.sample_design, spec.data.schema)
+        dist.all_gather_object(shares, (mine, seconds))
+    outputs, generated, latency = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts)
+    for r, (share, share_s) in enumerate(shares):  # rank r generated prompts[r::world]
+        for k, (ids, s) in enumerate(zip(share, share_s)):
+            i = r + k * world
+            outputs[i], generated[i], latency[i] = tokenizer.decode(ids, skip_special_tokens=True), len(ids), s
+    design, schema = spec.data.sample_design, spec.data.schema
+    result = score_outputs(outputs, config["eval_references"], design, schema)
+    judged = judge_outputs(outputs, config["eval_references"], design, schema)
+    queries = [
+        {"id": int(qid), "query": text, "correct": int(right), "answer": answer, "output": output,
+         "tokens": len(p) + g, "flops": 2.0 * n_params * (len(p) + g), "latency_s": s}
+        for (qid, text), p, output, g, s, (right, answer)
+        in zip(config["eval_queries"], prompts, outputs, generated, latency, judged)
+    ]
     return {
         "metric": "task", "error": result.error, "error_smoothed": result.smoothed_error,
         "accuracy": result.accuracy, "f1": result.f1, "format_error_rate": result.format_error_rate,
-        "scored": result.n, "sample_output": outputs[0],
+        "scored": result.n, "sample_output": outputs[0], QUERIES_KEY: queries,
     }
 
 
@@ -229,7 +270,8 @@ class _Worker:
             return f"diverged at size {size}: held-out loss is {loss}; lower ProbeConfig.lr={cfg.lr:g}"
         task: dict[str, Any] = {}
         if cfg.metric == "task":
-            task = _task_metric(module, self.spec, self.config, self.tokenizer, self.rank, self.world, self.torch, self.device)
+            task = _task_metric(module, self.spec, self.config, self.tokenizer, n_params, self.rank, self.world,
+                                self.torch, self.device)
         tokens = self.agree(run.tokens, self.dist.ReduceOp.SUM)
         delta = math.sqrt(sum(float((p.detach() - run.before[n]).float().pow(2).sum()) for n, p in run.trainable))
         extra: dict[str, Any] = {
