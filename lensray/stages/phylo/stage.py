@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,7 +118,13 @@ class PhyloStage:
         genes = draw_genes(texts, n=p.genes, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars)
         models = list({c.model.name: c.model for c in pool.candidates}.values())
         init_ray(cfg)
+        print(f"phylo: fingerprinting {len(models)} models on {len(genes)} genes x {p.samples} samples "
+              "(one Ray task each; cached ones are read back)", flush=True)
+        t0 = time.perf_counter()
         prints = fingerprint_models(models, genes, p)
+        made = sum(fp.ok and not fp.cached for fp in prints.values())
+        print(f"phylo: {made} made, {sum(fp.cached for fp in prints.values())} from the cache, "
+              f"{sum(not fp.ok for fp in prints.values())} failed, in {time.perf_counter() - t0:.0f} s", flush=True)
         for fp in prints.values():
             if not fp.ok:
                 print(f"phylo: {fp.model}: no fingerprint, kept unfingerprinted: {fp.error}", file=sys.stderr)
