@@ -36,7 +36,7 @@ def bench_phylo(cfg: SelectConfig, model: str = "", n_models: int = 100) -> dict
     from lensray.probe.hf.backend import BACKEND
     from lensray.probe.hf.driver import run_probe
     from lensray.stages.phylo.fingerprint import fingerprint_models
-    from lensray.stages.phylo.genes import draw_genes, texts_from_data, texts_from_file
+    from lensray.stages.phylo.stage import config_genes
     from lensray.sweep.run import init_ray
 
     if cfg.backend != "hf":
@@ -49,8 +49,7 @@ def bench_phylo(cfg: SelectConfig, model: str = "", n_models: int = 100) -> dict
     if chosen is None:
         raise ConfigError(f"--model {model!r}: not in the pool; it has {[m.name for m in models]}")
     p = cfg.phylo
-    texts = texts_from_file(p.genes_path) if p.genes_path else texts_from_data(cfg.data)
-    genes = draw_genes(texts, n=p.genes, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars)
+    genes = config_genes(cfg)
     init_ray(cfg)
     with tempfile.TemporaryDirectory(prefix="lensray-bench-phylo-") as tmp:
         fresh = lambda name: replace(p, cache_dir=str(Path(tmp) / name))  # noqa: E731

@@ -68,6 +68,17 @@ def family_of(model) -> str:
     return model.name.split("-")[0]
 
 
+def config_genes(cfg: "SelectConfig") -> list[str]:
+    """The genes `cfg.phylo` draws: from `phylo.genes_path`, else from the data set."""
+    from lensray.stages.phylo.genes import draw_genes, texts_from_data, texts_from_file
+
+    p = cfg.phylo
+    if not p.genes_path and cfg.data is None:
+        raise ConfigError("the phylo stage needs texts to cut genes from: set phylo.genes_path or a data section")
+    texts = texts_from_file(p.genes_path) if p.genes_path else texts_from_data(cfg.data)
+    return draw_genes(texts, n=p.genes, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars)
+
+
 def by_prior(pool: Pool) -> Pool:
     """The pool with its most promising candidates (lowest prior loss) first, those with no
     prior last in their order: the sweep launches its trials in this order."""
@@ -105,17 +116,13 @@ class PhyloStage:
     def run(self, cfg: "SelectConfig", pool: Pool, folder: Path) -> Pool:
         from lensray.stages.phylo.duplicates import drop_reasons, near_duplicates
         from lensray.stages.phylo.fingerprint import fingerprint_models
-        from lensray.stages.phylo.genes import draw_genes, texts_from_data, texts_from_file
         from lensray.stages.phylo.prior import priors
         from lensray.stages.phylo.similarity import distance, write_matrix
         from lensray.stages.phylo.tree import nj_tree, plot_tree, write_newick
         from lensray.sweep.run import init_ray
 
         p = cfg.phylo
-        if not p.genes_path and cfg.data is None:
-            raise ConfigError("the phylo stage needs texts to cut genes from: set phylo.genes_path or a data section")
-        texts = texts_from_file(p.genes_path) if p.genes_path else texts_from_data(cfg.data)
-        genes = draw_genes(texts, n=p.genes, seed=p.seed, min_chars=p.min_chars, max_chars=p.max_chars)
+        genes = config_genes(cfg)
         models = list({c.model.name: c.model for c in pool.candidates}.values())
         init_ray(cfg)
         print(f"phylo: fingerprinting {len(models)} models on {len(genes)} genes x {p.samples} samples "
