@@ -1,6 +1,7 @@
 """lensray.zoo.lineages: models derived from the base zoo with a known family tree; their plan,
 their folder's ownership and cache, and one slow test that PhyloLM (lensray.stages.phylo)
-recovers the tree from fingerprints made on a local Ray."""
+recovers the tree from fingerprints made on a local Ray; the routing specialist answers the
+reviews half of the mixed task before any fine-tune, and not its cipher half."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from lensray.core.errors import StorageError
 from lensray.zoo.build import ZOO, build_zoo, task_examples
 from lensray.zoo.lineages import (
     GENE_TEXTS,
+    DERIVED,
     KINDS,
     LINEAGES,
+    SPECIALISTS,
     LINEAGES_OWNER,
     Lineage,
     _config_hash,
@@ -127,7 +130,8 @@ def test_phylolm_recovers_the_lineages_family_tree(zoo_manifest, zoo_lineages, r
     from lensray.stages.phylo.similarity import distance
     from lensray.stages.phylo.tree import is_clade, nearest_neighbours, nj_tree
 
-    derived = zoo_lineages["models"]
+    assert [m["name"] for m in zoo_lineages["models"]] == [m.name for m in DERIVED]
+    derived = [m for m in zoo_lineages["models"] if not m["specialist"]]
     assert [m["name"] for m in derived] == [m.name for m in LINEAGES]
     assert all(m["n_params"] == zoo_manifest["by_name"][m["parent"]]["n_params"] for m in derived)
     models = [ModelSpec(m["name"], m["path"]) for m in zoo_manifest["models"] + derived]
@@ -167,3 +171,37 @@ def test_phylolm_recovers_the_lineages_family_tree(zoo_manifest, zoo_lineages, r
         assert any({copy, parent[copy]} <= set(g.members) for g in groups), (
             f"{copy} is not grouped with {parent[copy]} (d = {d[at[copy], at[parent[copy]]]:.3f})"
         )
+
+
+@pytest.mark.slow
+def test_the_reviews_specialist_answers_reviews_and_not_the_cipher(zoo_manifest, zoo_lineages):
+    """Greedy answers on held-out mixed-task queries, before any fine-tune: the specialist gets
+    many reviews right and its parent none; neither knows the cipher. That split is what gives
+    the route demo's finalists complementary strengths."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lensray.data.design import score_plain
+    from lensray.zoo.build import ASPECT_SCHEMA, mixed_examples
+
+    (specialist,) = SPECIALISTS
+    assert [m["name"] for m in zoo_lineages["models"] if m["specialist"]] == [specialist.name]
+    rows = mixed_examples(4096 + 256, seed=7)[-256:]  # another seed: queries the build never saw
+    halves = {"reviews": [r for r in rows if r["prompt"].startswith(ASPECT_SCHEMA.instruction)]}
+    halves["cipher"] = [r for r in rows if r not in halves["reviews"]]
+    tok = AutoTokenizer.from_pretrained(zoo_manifest["tokenizer"], padding_side="left")
+    paths = {specialist.name: next(m["path"] for m in zoo_lineages["models"] if m["name"] == specialist.name),
+             specialist.parent: zoo_manifest["by_name"][specialist.parent]["path"]}
+    accuracy = {}
+    for name, path in paths.items():
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        for half, examples in halves.items():
+            batch = tok([r["prompt"] for r in examples], padding=True, return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+            texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            accuracy[name, half] = score_plain(texts, [r["response"] for r in examples]).accuracy
+    print("zero-shot accuracy:", accuracy)
+    assert accuracy[specialist.name, "reviews"] >= 0.3, accuracy
+    assert accuracy[specialist.parent, "reviews"] <= 0.05, accuracy
+    assert accuracy[specialist.name, "cipher"] <= 0.05 and accuracy[specialist.parent, "cipher"] <= 0.05, accuracy

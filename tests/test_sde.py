@@ -75,7 +75,7 @@ def test_designs_need_a_comparable_metric_and_a_place_to_apply(zoo_dir, tmp_path
         config_from_dict(sde_config(zoo_dir, tmp_path, data={"path": "zoo:task", "instruction": "translate :"}))
     with pytest.raises(ConfigError, match=r"data.path='zoo:aspects' is a task of the zoo: set `zoo`"):
         config_from_dict({**sde_config(zoo_dir, tmp_path), "zoo": ""})
-    with pytest.raises(ConfigError, match=r"the zoo has \['zoo:task', 'zoo:aspects'\]"):
+    with pytest.raises(ConfigError, match=r"the zoo has \['zoo:task', 'zoo:aspects', 'zoo:mixed'\]"):
         config_from_dict(sde_config(zoo_dir, tmp_path, data={"path": "zoo:reviews"}))
 
 

@@ -238,6 +238,37 @@ def test_zoo_ships_the_aspect_task(zoo_manifest):
         assert (entry["aspect_loss"] is not None) == (entry["corpus"] in ("text", "mix")), entry
 
 
+def test_zoo_ships_the_mixed_task_half_cipher_half_reviews(zoo_dir, zoo_manifest):
+    from lensray.config.load import config_from_dict
+    from lensray.data.design import PRESETS
+    from lensray.zoo.build import MIXED_SIZE, TASK_FILES, mixed_examples
+
+    with open(zoo_dir / TASK_FILES["mixed"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == MIXED_SIZE and rows == mixed_examples(MIXED_SIZE, seed=zoo_manifest["seed"])
+    reviews = [r for r in rows if r["prompt"].startswith(ASPECT_SCHEMA.instruction)]
+    cipher = [r for r in rows if r not in reviews]
+    assert len(reviews) == len(cipher) == MIXED_SIZE // 2
+    assert sorted(map(json.dumps, cipher)) == sorted(map(json.dumps, task_examples(MIXED_SIZE // 2, zoo_manifest["seed"])))
+    first = render(aspect_examples(1, zoo_manifest["seed"])[0], PRESETS["es-sde"], ASPECT_SCHEMA)
+    assert {"prompt": first.prompt, "response": first.response} in reviews
+    assert {r in reviews for r in rows[:16]} == {True, False}  # shuffled, not one half after the other
+    cfg = config_from_dict({"backend": "hf", "zoo": str(zoo_dir), "data": {"path": "zoo:mixed"},
+                           "scheduler": {"synchronous": False}})
+    assert cfg.data.path == str((zoo_dir / "mixed.jsonl").resolve()) and cfg.data.schema is None
+
+
+def test_a_zoo_built_before_the_mixed_task_gains_it_without_a_rebuild(tmp_path):
+    from lensray.zoo.build import MIXED_SIZE, TASK_FILES, _config_hash, mixed_examples
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"config_hash": _config_hash(0), "models": []}))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "kept").write_text("weights")
+    build_zoo(tmp_path)
+    rows = [json.loads(line) for line in open(tmp_path / TASK_FILES["mixed"])]
+    assert rows == mixed_examples(MIXED_SIZE, 0) and (tmp_path / "models" / "kept").read_text() == "weights"
+
+
 def test_text_and_mix_models_know_the_aspect_words(zoo_manifest):
     """Pretraining on aspect samples trains their embeddings: text and mix models predict held-out
     aspect samples far better than copy and format models, which never saw the words."""

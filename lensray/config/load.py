@@ -138,10 +138,10 @@ def check_output(output: str) -> None:
 
 ZOO_DATA = "zoo:"
 """Prefix of a data path naming a task of the zoo (with `zoo` set): `zoo:task` (the cipher task,
-the default) or `zoo:aspects` (the multi-aspect task of sample designs; its schema is filled in)."""
+the default), `zoo:aspects` (the multi-aspect task of sample designs; its schema is filled in) or
+`zoo:mixed` (half of each as plain prompt and response: the routing task)."""
 
 
-ZOO_TASKS = {"task": "task.jsonl", "aspects": "aspects.jsonl"}
 
 
 FILE_FIELDS = (("replay", "curves"), ("data", "path"), ("probe", "deepspeed_config"))
@@ -316,7 +316,7 @@ def _check_local_files(cfg: SelectConfig) -> None:
 
 def _zoo_defaults(raw: dict, zoo: Path) -> None:
     """Fill the pool and the data from the offline zoo where the config leaves them out."""
-    from lensray.zoo.build import ZOO
+    from lensray.zoo.build import TASK_FILES, ZOO
 
     pool = raw.setdefault("pool", {})
     if not pool.get("models"):
@@ -330,9 +330,9 @@ def _zoo_defaults(raw: dict, zoo: Path) -> None:
     path = data.get("path") or f"{ZOO_DATA}task"
     if isinstance(path, str) and path.startswith(ZOO_DATA):
         task = path[len(ZOO_DATA):]
-        if task not in ZOO_TASKS:
-            raise ConfigError(f"data.path={path!r}: the zoo has {[ZOO_DATA + t for t in ZOO_TASKS]}")
-        data["path"] = str(zoo / ZOO_TASKS[task])
+        if task not in TASK_FILES:
+            raise ConfigError(f"data.path={path!r}: the zoo has {[ZOO_DATA + t for t in TASK_FILES]}")
+        data["path"] = str(zoo / TASK_FILES[task])
         if task == "aspects" and "schema" not in data:
             from lensray.zoo.build import ASPECT_SCHEMA
 

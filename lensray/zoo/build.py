@@ -26,6 +26,7 @@ Layout of the output directory (a new or empty folder, or a zoo: nothing else is
     task.jsonl              the built-in fine-tuning task, {"prompt": ..., "response": ...}
     aspects.jsonl           the built-in multi-aspect task, {"text", "targets", "evidence"}
                             records (lensray.data.design), with ``aspect_schema`` in the manifest
+    mixed.jsonl             the built-in mixed task (cipher and aspects), {"prompt", "response"}
     models/<name>/          config.json, model.safetensors, tokenizer files
     lineages/               models derived from these, with a known family tree
                             (lensray.zoo.lineages; `lensray zoo build` builds them after the zoo)
@@ -78,6 +79,18 @@ stream of reviews apart from aspects.jsonl's. The ``copy`` and ``format`` models
 (their aspect embeddings stay untrained), so the model that is best on the cipher need not be
 best on the aspects.
 
+The mixed task (`mixed_examples`, `zoo:mixed`) serves routing (lensray.stages.route): half
+cipher examples, half aspect reviews written as plain prompt and response under the ``es-sde``
+design, shuffled. Each half is favoured by another pretraining corpus: the ``copy`` models learn
+the cipher first but never saw the reviews' words, the ``text`` models saw the reviews in
+pretraining but learn the cipher late, so after a fine-tune of a few hundred examples each
+finalist is right on a different half and a router that tells the halves apart beats every
+single one. The text models' head start on the reviews is too small for that at these sizes, so
+the routing demo's reviews finalist is a specialist of lensray.zoo.lineages
+(``mistral-text-96.reviews``, whose pretraining is continued on reviews alone). It is derived from the two other tasks' generators and no model is trained on it,
+so it is not part of the config hash: a zoo built before it gains the file on its next build
+call.
+
 Everything is deterministic given the seed on one machine and software stack (two builds here
 give the same weights); another machine or library version can train slightly different models,
 as CPU kernels' floating-point results differ, so figures measured on the zoo move a little
@@ -99,7 +112,7 @@ from typing import Any
 
 import numpy as np
 
-from lensray.data.design import DESIGN_OPTIONS, SampleDesign, TargetSchema, render
+from lensray.data.design import DESIGN_OPTIONS, PRESETS, SampleDesign, TargetSchema, render
 
 SYMBOLS = tuple("abcdefghijklmnop")
 """The task's alphabet: 16 one-character symbols, each one token."""
@@ -118,6 +131,10 @@ CONTEXT = 64
 at most 61 (the longest design: instruction first, sentence answer after the reasoning)."""
 ASPECT_SIZE = 4096
 """Records in the built-in aspects.jsonl."""
+MIXED_SIZE = 4096
+"""Examples in the built-in mixed.jsonl (half of each task)."""
+TASK_FILES = {"task": "task.jsonl", "aspects": "aspects.jsonl", "mixed": "mixed.jsonl"}
+"""The zoo's tasks (a config's ``data.path: zoo:<name>``) and their files in the zoo's folder."""
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}assistant : {{ m['content'] }} </s> "
@@ -219,6 +236,24 @@ def task_examples(n: int, seed: int) -> list[dict[str, str]]:
     return out
 
 
+def mixed_examples(n: int, seed: int) -> list[dict[str, str]]:
+    """`n` examples of the mixed task as {"prompt", "response"} (deterministic in `seed`): the
+    first n - n // 2 examples of `task_examples` and the first n // 2 reviews of
+    `aspect_examples`, each rendered under the ``es-sde`` design (its prompt and response as
+    plain text), in a seeded random order."""
+    reviews = [render(r, PRESETS["es-sde"], ASPECT_SCHEMA) for r in aspect_examples(n // 2, seed)]
+    rows = task_examples(n - n // 2, seed) + [{"prompt": r.prompt, "response": r.response} for r in reviews]
+    order = np.random.default_rng([seed, 31]).permutation(len(rows))
+    return [rows[i] for i in order]
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    """One JSON record per line."""
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
 def entropy_floor(noise: float = NOISE) -> float:
     """The lowest held-out loss any model can reach on the cipher task: the mean cross-entropy
     (nats) over the response tokens the probe scores (PROMPT_LEN symbols and the end token) of
@@ -246,7 +281,11 @@ def _text_doc(rng: np.random.Generator) -> str:
 
 
 def _corpus_doc(corpus: str, rng: np.random.Generator) -> str:
-    """One pretraining document of the named corpus (see the module docstring)."""
+    """One pretraining document of the named corpus (see the module docstring; ``reviews``, which
+    no base zoo model is pretrained on, is one aspect review written under the ``es-sde`` design:
+    the corpus of lensray.zoo.lineages' specialists)."""
+    if corpus == "reviews":
+        return _aspect_doc(aspect_examples(1, int(rng.integers(2**32)))[0], PRESETS["es-sde"])
     if corpus == "mix":
         corpus = ("copy", "format", "text")[rng.integers(3)]
     elif corpus in ("copy", "format") and rng.random() < 0.3:
@@ -554,6 +593,8 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
     config_hash = _config_hash(seed)
     if manifest_path.is_file() and not force:
         if json.loads(manifest_path.read_text()).get("config_hash") == config_hash:
+            if not (out_dir / TASK_FILES["mixed"]).is_file():  # a zoo built before the mixed task
+                _write_records(out_dir / TASK_FILES["mixed"], mixed_examples(MIXED_SIZE, seed))
             print(f"zoo: {out_dir} is up to date (config {config_hash}); use force to rebuild")
             return manifest_path
     start = time.perf_counter()
@@ -565,15 +606,12 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
 
     tokenizer, n_base = _build_tokenizer(seed)
     tokenizer.save_pretrained(out_dir / "tokenizer")
-    with open(out_dir / "task.jsonl", "w") as f:
-        for ex in task_examples(TASK_SIZE, seed):
-            f.write(json.dumps(ex) + "\n")
-    with open(out_dir / "aspects.jsonl", "w") as f:
-        for record in aspect_examples(ASPECT_SIZE, seed):
-            f.write(json.dumps(record) + "\n")
+    _write_records(out_dir / TASK_FILES["task"], task_examples(TASK_SIZE, seed))
+    _write_records(out_dir / TASK_FILES["aspects"], aspect_examples(ASPECT_SIZE, seed))
+    _write_records(out_dir / TASK_FILES["mixed"], mixed_examples(MIXED_SIZE, seed))
     print(
-        f"zoo: tokenizer ({len(tokenizer)} tokens), task.jsonl ({TASK_SIZE} examples) and "
-        f"aspects.jsonl ({ASPECT_SIZE} records) written"
+        f"zoo: tokenizer ({len(tokenizer)} tokens), task.jsonl ({TASK_SIZE} examples), "
+        f"aspects.jsonl ({ASPECT_SIZE} records) and mixed.jsonl ({MIXED_SIZE} examples) written"
     )
 
     # Tiny models: one thread per model is ~10x faster per step than two threads on one model,
@@ -601,9 +639,10 @@ def build_zoo(out_dir: Path, seed: int = 0, force: bool = False) -> Path:
         "config_hash": config_hash,
         "seed": seed,
         "tokenizer": "tokenizer",
-        "task": "task.jsonl",
+        "task": TASK_FILES["task"],
+        "mixed": TASK_FILES["mixed"],
         "task_fields": {"prompt": "prompt", "response": "response"},
-        "aspects": "aspects.jsonl",
+        "aspects": TASK_FILES["aspects"],
         "aspect_schema": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ASPECT_SCHEMA).items()},
         "build_s": round(time.perf_counter() - start, 1),
         "models": entries,

@@ -14,6 +14,9 @@ its family (the lineage's root). Three kinds (`KINDS`):
 
 `LINEAGES`: two children each of llama-text-32, opt-text-160, gpt2-format-48 and gpt2-mix-128
 (three architectures, three corpora), and both copies of mistral-text-96 and opt-text-160.
+`SPECIALISTS` are built beside them but are not part of the family tree: children trained long
+on one sub-task's corpus, for routing (``mistral-text-96.reviews``: 800 steps on the aspect
+reviews, the ``reviews`` corpus of lensray.zoo.build).
 
 The genes (`genes.txt`, `gene_texts`) are half the task's records and half documents of the
 text corpus, which every zoo model saw in pretraining (the copy and format corpora are 30%
@@ -47,13 +50,14 @@ Run it (`lensray zoo build` builds it after the base zoo)::
 
     python -c "from pathlib import Path; from lensray.zoo.lineages import build_lineages; build_lineages(Path('zoo'))"
 
-~20 s on 2 idle CPU cores. Layout, in the zoo's folder (the base zoo's files are only read)::
+About 90 s on 2 idle CPU cores (the specialist's 800 steps on one; the 12 others on the other).
+Layout, in the zoo's folder (the base zoo's files are only read)::
 
     lineages/.lensray        LINEAGES_OWNER: the folder may be rebuilt
     lineages/manifest.json   config hash (which covers the base zoo's), seed, genes, and per
                              model: name, path (relative to this manifest), parent, kind,
                              family, n_params, corpus and steps trained (none for a
-                             noise-copy), final loss
+                             noise-copy), final loss, whether it is a specialist
     lineages/genes.txt       the texts to draw the genes from (PhyloConfig.genes_path)
     lineages/models/<name>/  config.json, model.safetensors, tokenizer files (as the base zoo's)
 
@@ -139,7 +143,17 @@ LINEAGES: tuple[Lineage, ...] = (
     Lineage("mistral-text-96.noise", "mistral-text-96", "noise-copy"),
     Lineage("mistral-text-96.step", "mistral-text-96", "step-copy"),
 )
-"""The derived models: 8 children of 4 parents, and both copies of 2 base models (see the module)."""
+"""The derived models of the family tree: 8 children of 4 parents, and both copies of 2 base
+models (see the module)."""
+SPECIALISTS: tuple[Lineage, ...] = (
+    Lineage("mistral-text-96.reviews", "mistral-text-96", "child", "reviews", 800, 2e-3),
+)
+"""Children whose pretraining is continued long on one sub-task's corpus, for routing
+(lensray.stages.route, configs/route-demo.yaml): mistral-text-96 on aspect reviews under the
+``es-sde`` design, so it answers the reviews half of the zoo's mixed task and none of its cipher
+half. Built with the lineages, into the same folder, but not part of their family tree."""
+DERIVED = LINEAGES + SPECIALISTS
+"""Every model built into the lineages' folder, in the manifest's order."""
 
 
 def _config_hash(seed: int, zoo_hash: str) -> str:
@@ -149,7 +163,7 @@ def _config_hash(seed: int, zoo_hash: str) -> str:
             "version": _BUILD_VERSION,
             "seed": seed,
             "zoo": zoo_hash,
-            "lineages": [asdict(m) for m in LINEAGES],
+            "lineages": [asdict(m) for m in DERIVED],
             "step_lr": STEP_LR,
             "noise_scale": NOISE_SCALE,
             "gene_texts": GENE_TEXTS,
@@ -175,7 +189,7 @@ def gene_texts(task: str, seed: int = 0) -> list[str]:
 
 
 def _build_lineage(index: int, zoo_dir: str, parent_path: str, seed: int) -> dict[str, Any]:
-    """Make and save LINEAGES[index] into zoo_dir/lineages/models (runs in a worker process)."""
+    """Make and save DERIVED[index] into zoo_dir/lineages/models (runs in a worker process)."""
     import torch
     import transformers
 
@@ -183,7 +197,7 @@ def _build_lineage(index: int, zoo_dir: str, parent_path: str, seed: int) -> dic
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    lineage = LINEAGES[index]
+    lineage = DERIVED[index]
     spec = next(m for m in ZOO if m.name == lineage.parent)
     tokenizer = transformers.AutoTokenizer.from_pretrained(Path(zoo_dir) / "tokenizer")
     model = transformers.AutoModelForCausalLM.from_pretrained(parent_path)
@@ -214,6 +228,7 @@ def _build_lineage(index: int, zoo_dir: str, parent_path: str, seed: int) -> dic
         "n_params": sum(p.numel() for p in model.parameters()),
         "corpus": corpus,
         "steps": steps,
+        "specialist": lineage in SPECIALISTS,
         "loss": None if loss is None else round(loss, 4),
         "build_s": time.perf_counter() - start,
     }
@@ -237,7 +252,7 @@ def build_lineages(zoo_dir: Path, seed: int = 0, force: bool = False) -> Path:
         print(f"lineages: {out_dir} is up to date (config {config_hash}); use force to rebuild")
         return manifest_path
     parents = {m["name"]: m["path"] for m in zoo["models"]}
-    missing = sorted({m.parent for m in LINEAGES} - set(parents))
+    missing = sorted({m.parent for m in DERIVED} - set(parents))
     if missing:
         raise StorageError(f"the zoo at {zoo_dir} has no models {missing}: rebuild it with `lensray zoo build --out {zoo_dir} --force`")
     start = time.perf_counter()
@@ -253,18 +268,18 @@ def build_lineages(zoo_dir: Path, seed: int = 0, force: bool = False) -> Path:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     specs = {m.name: m for m in ZOO}
-    cost = [specs[m.parent].hidden ** 2 * specs[m.parent].layers * max(1, m.steps) for m in LINEAGES]
-    entries: list[dict[str, Any] | None] = [None] * len(LINEAGES)
-    procs = max(1, min(len(LINEAGES), os.cpu_count() or 1))
+    cost = [specs[m.parent].hidden ** 2 * specs[m.parent].layers * max(1, m.steps) for m in DERIVED]
+    entries: list[dict[str, Any] | None] = [None] * len(DERIVED)
+    procs = max(1, min(len(DERIVED), os.cpu_count() or 1))
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        order = sorted(range(len(LINEAGES)), key=lambda i: -cost[i])  # longest first
-        jobs = {pool.submit(_build_lineage, i, str(zoo_dir), parents[LINEAGES[i].parent], seed): i for i in order}
+        order = sorted(range(len(DERIVED)), key=lambda i: -cost[i])  # longest first
+        jobs = {pool.submit(_build_lineage, i, str(zoo_dir), parents[DERIVED[i].parent], seed): i for i in order}
         for done, job in enumerate(as_completed(jobs), 1):
             entry = job.result()
             entries[jobs[job]] = entry
             trained = f"{entry['steps']:3d} steps on {entry['corpus']:6s} loss {entry['loss']:.3f}" if entry["steps"] else "weight noise"
             print(
-                f"lineages: [{done}/{len(LINEAGES)}] {entry['name']:24s} {entry['kind']:10s} of {entry['parent']:16s} "
+                f"lineages: [{done}/{len(DERIVED)}] {entry['name']:24s} {entry['kind']:10s} of {entry['parent']:16s} "
                 f"{trained}  ({entry.pop('build_s'):.1f}s)",
                 flush=True,
             )
@@ -279,7 +294,7 @@ def build_lineages(zoo_dir: Path, seed: int = 0, force: bool = False) -> Path:
         "models": entries,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"lineages: {len(LINEAGES)} models built in {manifest['build_s']}s -> {manifest_path}")
+    print(f"lineages: {len(DERIVED)} models built in {manifest['build_s']}s -> {manifest_path}")
     return manifest_path
 
 
