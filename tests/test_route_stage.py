@@ -269,7 +269,8 @@ def test_a_task_probe_keeps_each_held_out_querys_result_and_cost(zoo_manifest, r
                       schema=ASPECT_SCHEMA, cache_dir=str(tmp_path / "cache"))
     spec = ProbeSpec(candidate="llama-text-32+es-sde", model=zoo_manifest["by_name"]["llama-text-32"]["path"], data=data,
                      probe=ProbeConfig(metric="task", num_workers=2, cpus_per_worker=0.9, micro_batch=8, epochs=1,
-                                       max_new_tokens=24, ntk_examples=0, storage_path=str(tmp_path / "runs")))
+                                       max_new_tokens=24, ntk_examples=0, storage_path=str(tmp_path / "runs"),
+                                       weights_path=str(tmp_path / "weights" / "llama-text-32+es-sde")))
     observations = run_probe(spec)
     first, last = (o.extra[QUERIES_KEY] for o in observations)
     assert [(q["id"], q["query"]) for q in first] == [(q["id"], q["query"]) for q in last]  # both ranks' shares, in order
@@ -283,3 +284,16 @@ def test_a_task_probe_keeps_each_held_out_querys_result_and_cost(zoo_manifest, r
     by_id = {q["id"]: q for q in last}
     judged = judge_outputs([by_id[i]["output"] for i in ids], refs, data.sample_design, ASPECT_SCHEMA)
     assert [(bool(by_id[i]["correct"]), by_id[i]["answer"]) for i in ids] == judged
+
+    # rank 0 kept the last size's fine-tuned weights: loaded as serving loads them, they answer
+    # the held-out queries exactly as the probe recorded
+    from lensray.stages.route.saved import Finalist
+    from lensray.stages.route.serve import FinalistModel
+
+    weights = spec.probe.weights_path
+    assert all(o.extra["weights"] == weights for o in observations)
+    assert not (tmp_path / "weights" / "llama-text-32+es-sde.partial").exists()
+    served = FinalistModel(Finalist(spec.candidate, weights, data.to_dict(), fine_tuned=True), spec.probe)
+    answers = served.answer([by_id[i]["query"] for i in ids])
+    assert [a["output"] for a in answers] == [by_id[i]["output"] for i in ids]
+    assert [a["answer"] for a in answers] == [by_id[i]["answer"] for i in ids]

@@ -129,3 +129,36 @@ def test_unreachable_storage_is_one_clear_error(s3, tmp_path, monkeypatch):
     (bad.local / "sweep.jsonl").write_text("{}\n")
     with pytest.raises(StorageError, match=r"output 's3://no-such-bucket/.*check the URI and the credentials"):
         bad.push("sweep.jsonl")
+
+
+def _folder(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def test_put_folder_replaces_a_folder_whole_and_fetch_folder_reads_a_path_in_place(tmp_path):
+    from lensray.cluster.storage import fetch_folder, put_folder
+
+    dest = tmp_path / "exp" / "weights" / "m"
+    put_folder(_folder(tmp_path / "a", {"config.json": "1", "old.bin": "x"}), str(dest))
+    put_folder(_folder(tmp_path / "b", {"config.json": "2"}), str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json"] and (dest / "config.json").read_text() == "2"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no staging folder left
+    assert fetch_folder(str(dest)) == dest
+
+
+def test_a_folder_put_to_a_bucket_is_fetched_once_into_the_cache(s3, tmp_path, monkeypatch):
+    from lensray.cluster.storage import fetch_folder, put_folder
+
+    monkeypatch.setenv("LENSRAY_CACHE", str(tmp_path / "cache"))
+    uri = Storage(s3["uri"], "w").uri("weights", "m")
+    put_folder(_folder(tmp_path / "a", {"config.json": "1", "old.bin": "x"}), uri)
+    put_folder(_folder(tmp_path / "b", {"config.json": "2", "model.safetensors": "w"}), uri)
+    assert sorted(_bucket_files(uri)) == ["config.json", "model.safetensors"]
+    local = fetch_folder(uri)
+    assert local.is_relative_to(tmp_path / "cache") and (local / "model.safetensors").read_text() == "w"
+    assert sorted(p.name for p in local.iterdir()) == ["config.json", "model.safetensors"]
+    (local / "config.json").write_text("cached")
+    assert fetch_folder(uri) == local and (local / "config.json").read_text() == "cached"  # not downloaded again

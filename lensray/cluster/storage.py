@@ -20,6 +20,9 @@ from the record), `push` while it runs and when it ends. Use it::
     st.uri("report.md")     # 's3://bucket/sweeps/demo/report.md?region=us-east-1'
     st.local                # ~/.cache/lensray/runs/<hash of the URI>/demo
 
+A probe that keeps its fine-tuned weights (for `lensray serve`) writes them with `put_folder`
+to a path or URI under the experiment, and serving reads them back with `fetch_folder`.
+
 Folders lensray fills on its own (a bench's --out, the zoo) are claimed first: `claim_folder`
 creates a new or empty folder and marks it (`.lensray`), and refuses a folder with files lensray
 did not put there, so a rerun cleans only lensray's own files and never a user's.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -157,10 +161,53 @@ class Storage:
 
     def _call(self, fn, *args, **kwargs):
         """fn(...), with pyarrow's errors (ArrowInvalid, OSError from the store) as StorageError."""
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise StorageError(
-                f"output {self.output!r}: {first}; check the URI and the credentials in this machine's environment"
-            ) from None
+        return _uri_call(self.output, fn, *args, **kwargs)
+
+
+def _uri_call(uri: str, fn, *args, **kwargs):
+    """fn(...), with pyarrow's errors on `uri` (ArrowInvalid, OSError from the store) as StorageError."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StorageError(
+            f"output {uri!r}: {first}; check the URI and the credentials in this machine's environment"
+        ) from None
+
+
+def put_folder(src: Path, dest: str) -> None:
+    """Copy the folder `src` to `dest` (a path or a URI), replacing what `dest` held. A path is
+    written beside it and renamed into place, so a reader never sees half a folder."""
+    if not is_uri(dest):
+        target = Path(dest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = _uri_call(dest, pafs.FileSystem.from_uri, dest)
+    _uri_call(dest, fs.delete_dir_contents, path, missing_dir_ok=True)
+    _uri_call(dest, pafs.copy_files, str(src), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def fetch_folder(src: str) -> Path:
+    """The folder `src` on this machine: a path as it is; a URI downloaded once into
+    $LENSRAY_CACHE/folders (else ~/.cache/lensray/folders), under a hash of the URI."""
+    if not is_uri(src):
+        return Path(src)
+    import pyarrow.fs as pafs
+
+    root = Path(os.environ.get("LENSRAY_CACHE") or Path.home() / ".cache" / "lensray")
+    local = root / "folders" / hashlib.sha256(src.encode()).hexdigest()[:16]
+    if not local.is_dir():
+        fs, path = _uri_call(src, pafs.FileSystem.from_uri, src)
+        staging = local.with_name(local.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _uri_call(src, pafs.copy_files, path, str(staging), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        staging.rename(local)
+    return local

@@ -60,6 +60,7 @@ class HFBackend:
                 device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
                 storage_path=cfg.storage().uri("train"),
                 run_name=f"probe-{candidate.name}-{trial_id}", max_failures=r.max_failures,
+                weights_path=cfg.storage().uri("weights", candidate.name) if "route" in cfg.stages.post else "",
             ),
             trust_remote_code=candidate.model.trust_remote_code,
         )

@@ -68,6 +68,22 @@ def load_tokenizer(spec: ProbeSpec):
     return tok
 
 
+def save_model(model, tokenizer, dest: str) -> None:
+    """Save a fine-tuned `model` (LoRA adapters merged into its weights) and its tokenizer as a
+    save_pretrained folder at `dest`, a path or a URI (lensray.cluster.storage.put_folder)."""
+    import tempfile
+    from pathlib import Path
+
+    from lensray.cluster.storage import put_folder
+
+    if hasattr(model, "merge_and_unload"):  # a peft model: serve loads plain weights
+        model = model.merge_and_unload()
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        put_folder(Path(folder), dest)
+
+
 def load_model(spec: ProbeSpec, torch):
     from transformers import AutoModelForCausalLM
 

@@ -92,6 +92,10 @@ class ProbeConfig:
     run_name: str = ""
     """Ray Train run name (empty = probe-<candidate>-<random>). A run started again under the same
     name and storage resumes after the sizes it finished."""
+    weights_path: str = ""
+    """Where rank 0 keeps the fine-tuned weights after each size, replacing the last size's (a
+    folder path or a pyarrow URI; empty = keep none). Set by lensray when the `route` stage will
+    serve the finalists."""
     max_failures: int = 0
     """Restarts of the workers after they die (a lost node, a killed process); a restart resumes
     after the last finished size. Errors the probe itself reports (bad data, divergence, a model

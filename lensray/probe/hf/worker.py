@@ -6,7 +6,9 @@ With `metric="task"` every Observation also keeps, under `extra[QUERIES_KEY]`, o
 held-out query (QUERY_FIELDS): its id and text (the same for every Candidate of a sweep that
 holds out the same rows), whether the fine-tuned model answered it right, its answer, and what
 answering cost. The last size a probe ran is the one the `route` stage reads
-(lensray.stages.route.queries).
+(lensray.stages.route.queries). With `ProbeConfig.weights_path` set, rank 0 also saves the
+fine-tuned model there after each size (so the last size's weights remain) and names the place in
+`extra["weights"]`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from lensray.core.errors import one_line
 from lensray.data.dataset import IGNORE_INDEX
-from lensray.probe.hf.loading import load_model, load_tokenizer
+from lensray.probe.hf.loading import load_model, load_tokenizer, save_model
 from lensray.probe.hf.ntk import NTKStats, ntk_term
 from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 
@@ -339,6 +341,9 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         if isinstance(obs, str):
             error = obs
             break
+        if worker.cfg.weights_path and worker.rank == 0:
+            save_model(run.engine.module, worker.tokenizer or load_tokenizer(worker.spec), worker.cfg.weights_path)
+            obs["extra"]["weights"] = worker.cfg.weights_path
         observations.append(obs)
         _report(obs, observations, restarts, worker.rank)
         del run, model, loaded  # the next size starts again from the pretrained weights

@@ -296,12 +296,16 @@ def plot_accuracy_cost(result: RouteResult, path: Path) -> Path:
     names = [s for s in result.scores if s not in ("best_single", "oracle")]
     fig, axes = plt.subplots(1, len(AXES), figsize=(6 * len(AXES), 4.5), constrained_layout=True)
     for ax, axis in zip(axes, AXES):
+        xs = [getattr(result.scores[s], axis) for s in names]
+        near = 0.02 * (max(xs) - min(xs))  # points this close on the cost axis, at one accuracy, share a label
         at: dict[tuple[float, float], list[str]] = {}
         for s in names:
             sc = result.scores[s]
             color = "tab:blue" if s in POLICIES else "tab:gray" if s.startswith("single:") else "tab:orange"
             ax.errorbar(getattr(sc, axis), sc.accuracy, yerr=sc.accuracy_std, fmt="o", color=color, capsize=2)
-            at.setdefault((getattr(sc, axis), sc.accuracy), []).append(s.removeprefix("single:"))
+            xy = next((k for k in at if k[1] == sc.accuracy and abs(k[0] - getattr(sc, axis)) <= near),
+                      (getattr(sc, axis), sc.accuracy))
+            at.setdefault(xy, []).append(s.removeprefix("single:"))
         for xy, labels in at.items():  # one label per point, naming all that coincide there
             ax.annotate(", ".join(labels), xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
         served = result.scores[result.policy]

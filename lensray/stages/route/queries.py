@@ -36,6 +36,9 @@ class QueryResults:
     """The subset size the probe had fine-tuned on when it answered them."""
     records: list[dict[str, Any]]
     """One record per held-out query (QUERY_FIELDS), in order of id."""
+    weights: str = ""
+    """Where the probe kept its weights fine-tuned at that size (`extra["weights"]`, a path or a
+    URI), or empty when it kept none."""
 
 
 def query_results(observations: dict[str, list[Observation]]) -> dict[str, QueryResults]:
@@ -51,7 +54,7 @@ def query_results(observations: dict[str, list[Observation]]) -> dict[str, Query
         if len(set(ids)) != len(ids):
             raise DataError(f"{candidate}: its per-query records at size {last.size} repeat a query id; "
                             "the sweep's record (sweep.jsonl) is damaged: run the sweep again")
-        out[candidate] = QueryResults(candidate, last.size, records)
+        out[candidate] = QueryResults(candidate, last.size, records, last.extra.get("weights", ""))
     return out
 
 

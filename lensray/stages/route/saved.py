@@ -40,11 +40,13 @@ class Finalist:
     name: str
     """The candidate's name (model, or model+design)."""
     model: str
-    """The pretrained model: a local folder (save_pretrained layout) or a hub id."""
+    """The model served: a save_pretrained folder (a path or a URI) or a hub id."""
     data: dict[str, Any]
     """The candidate's data section (DataConfig.to_dict()): how a query becomes its prompt."""
     trust_remote_code: bool = False
     """Let transformers run code shipped with the model."""
+    fine_tuned: bool = False
+    """`model` holds the weights the probe fine-tuned (else the candidate's pretrained model)."""
     accuracy: float = 0.0
     """Share of the held-out queries it answered right."""
     flops: float = 0.0

@@ -26,10 +26,11 @@ route: the router routes between the others, and says so in "skipped"; the appli
 up while at least one finalist answers (503 when none does). A body that is not JSON, or a
 "query" / "queries[i]" that is not text, is answered 400 naming the field.
 
-The finalists are their candidates' pretrained models: the probes fine-tune on subsets and keep
-no weights, so what is served is what the router was trained to route between only when the
-models given are the fine-tuned ones (point the candidates' `path` at them). The HTTP proxy
-listens on 127.0.0.1 unless --host says otherwise. Ray and transformers are imported inside.
+Each finalist serves the weights its probe fine-tuned at the size the router was trained on
+(`Finalist.model`; a URI is downloaded once into lensray's cache), so its answers are the ones
+the route stage evaluated. A selection swept without the route stage kept no weights: its
+finalists serve their pretrained models (`Finalist.fine_tuned` false). The HTTP proxy listens on
+127.0.0.1 unless --host says otherwise. Ray and transformers are imported inside.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class FinalistModel:
         from lensray.probe.hf.loading import load_model, load_tokenizer
         from lensray.probe.hf.recipe import ProbeSpec
 
-        self.spec = ProbeSpec(candidate=finalist.name, model=finalist.model, data=DataConfig.from_dict(finalist.data),
+        from lensray.cluster.storage import fetch_folder, is_uri
+
+        model = str(fetch_folder(finalist.model)) if is_uri(finalist.model) else finalist.model
+        self.spec = ProbeSpec(candidate=finalist.name, model=model, data=DataConfig.from_dict(finalist.data),
                               probe=replace(probe, lora=False), trust_remote_code=finalist.trust_remote_code)
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(self.spec)

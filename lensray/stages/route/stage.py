@@ -12,6 +12,11 @@ the held-out queries and saved for `lensray serve`. Files written into the exper
     route_router.json   the trained router's settings and finalists   (lensray.stages.route.saved)
     route_router.npz    its weights
 
+Each finalist is served with the weights its probe fine-tuned at the size its results come from:
+with the stage configured, the sweep's probes keep them (ProbeConfig.weights_path, under
+`<output>/<name>/weights/<candidate>/`). A selection swept without the stage kept none; its
+finalists are then served pretrained, and route_router.json says so (`fine_tuned: false`).
+
 selection.json gains "route": route.json's content plus each finalist's probed size ("sizes");
 report.md gains a Routing section from it (`route_section`).
 
@@ -60,8 +65,9 @@ def check_route(cfg: SelectConfig) -> None:
         )
 
 
-def finalist_of(cfg: SelectConfig, name: str, data: RouteData, j: int) -> Finalist:
-    """How serving runs finalist `name` (column j of `data`): its model, data section and costs."""
+def finalist_of(cfg: SelectConfig, name: str, data: RouteData, j: int, weights: str = "") -> Finalist:
+    """How serving runs finalist `name` (column j of `data`): its model (the fine-tuned `weights`
+    its probe kept, else the pretrained model), data section and costs."""
     from lensray.stages.route.saved import Finalist
 
     try:
@@ -70,7 +76,8 @@ def finalist_of(cfg: SelectConfig, name: str, data: RouteData, j: int) -> Finali
         raise ConfigError(f"route: finalist {name!r} of the selection is not in pool: route with the config "
                           "the selection was run with") from None
     return Finalist(
-        name=name, model=candidate.model.path or candidate.model.name, data=cfg.candidate_data(candidate).to_dict(),
+        name=name, model=weights or candidate.model.path or candidate.model.name, fine_tuned=bool(weights),
+        data=cfg.candidate_data(candidate).to_dict(),
         trust_remote_code=candidate.model.trust_remote_code, accuracy=float(data.correct[:, j].mean()),
         flops=float(data.flops[:, j].mean()), latency_s=float(data.latency[:, j].mean()),
     )
@@ -107,21 +114,19 @@ class RouteStage:
         folder.mkdir(parents=True, exist_ok=True)
         files = [write_route_json(result, folder / FILES[0]), plot_accuracy_cost(result, folder / FILES[1])]
         router = Router(rc, encoder).fit(data.queries, data.correct)
-        files += save_router(folder, router, [finalist_of(cfg, n, data, j) for j, n in enumerate(names)], data.n)
+        files += save_router(folder, router, [finalist_of(cfg, n, data, j, results[n].weights) for j, n in enumerate(names)], data.n)
         doc = {**selection.doc, "route": result.to_dict() | {"sizes": {n: results[n].size for n in names}}}
         return Selection(doc, selection.observations, selection.fits), files
 
 
-def run_route(cfg: SelectConfig) -> tuple[Path, Selection]:
-    """`lensray route CONFIG`: the stage on the finished selection in `<output>/<name>/`, then its
-    report files again, with the Routing section. Returns the folder and the new Selection."""
+def finished_selection(cfg: SelectConfig) -> Selection:
+    """The finished selection in `<output>/<name>/`, read back from selection.json and the
+    sweep's record (pulled from the storage first); a ConfigError when there is none."""
     import json
 
-    from lensray.report.files import write_report
     from lensray.report.rank import final_fits
     from lensray.sweep.record import STATE_FILE, read_state
 
-    check_route(cfg)
     storage = cfg.storage()
     storage.pull("selection.json", STATE_FILE)
     path = storage.local / "selection.json"
@@ -132,8 +137,17 @@ def run_route(cfg: SelectConfig) -> tuple[Path, Selection]:
     state = read_state(storage.local / STATE_FILE)
     observations = {e["candidate"]: state.observations.get(e["candidate"], []) for e in doc["ranking"]}
     priors = {e["candidate"]: e["prior"] for e in doc["ranking"] if e.get("prior")}
-    selection = Selection(doc, observations, final_fits(cfg, observations, priors))
-    selection, files = RouteStage().run(cfg, selection, storage.local)
+    return Selection(doc, observations, final_fits(cfg, observations, priors))
+
+
+def run_route(cfg: SelectConfig) -> tuple[Path, Selection]:
+    """`lensray route CONFIG`: the stage on the finished selection in `<output>/<name>/`, then its
+    report files again, with the Routing section. Returns the folder and the new Selection."""
+    from lensray.report.files import write_report
+
+    check_route(cfg)
+    storage = cfg.storage()
+    selection, files = RouteStage().run(cfg, finished_selection(cfg), storage.local)
     files += write_report(selection, storage.local)
     storage.push(*(str(p.relative_to(storage.local)) for p in files))
     return storage.local, selection
