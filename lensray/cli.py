@@ -13,6 +13,7 @@
     lensray bench curves [--data CSV ...] [--json OUT]   predictor benchmark on recorded curves
     lensray bench curves --suite [--part dev|held-out|all] [--methods M ...] [--json OUT]
     lensray bench select | scale | probe | phylo          sweep quality/cost, scale, probe throughput, fingerprint cost
+    lensray bench route CONFIG [--requests N] [--json OUT]   router training/scoring time, serving latency
 
 `--set section.field=value` (the value in YAML) overrides any config field, e.g.
 `--set fit.window=4 --set probe.lr=1e-4 --set pool.models=[a,b]`. Errors in the user's input are
@@ -45,6 +46,7 @@ commands, one example each:
           lensray bench scale --candidates 1000 --out out/bench-scale
           lensray bench probe --zoo zoo --model llama-copy-96 --workers 1
           lensray bench phylo --models 100
+          lensray bench route configs/route-demo.yaml --json out/bench-route.json   (after its `lensray select`)
 
 Errors in your input are one line naming the field or file and the fix (exit 2).
 """
@@ -172,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     phylo_b.add_argument("--models", type=int, default=100, help="fingerprints made at once for the wall time (default 100)")
     phylo_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     _add_set(phylo_b)
+    route_b = bench_sub.add_parser("route", help="router training and scoring time, serving latency per query over HTTP")
+    route_b.add_argument("config", help="the selection's YAML (its route stage must have run)")
+    route_b.add_argument("--requests", type=int, default=64, help="single-query HTTP requests timed (default 64)")
+    route_b.add_argument("--repeats", type=int, default=5, help="router trainings timed; the median is given (default 5)")
+    route_b.add_argument("--out", metavar="DIR", help="output folder or storage URI (overrides the config's `output`)")
+    route_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    _add_set(route_b)
     probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s) and memory on this machine")
     probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
     probe.add_argument("--model", default="llama-copy-96", help="zoo model (default llama-copy-96)")
@@ -217,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench_probe(args)
         if args.command == "bench" and args.bench == "phylo":
             return _bench_phylo(args)
+        if args.command == "bench" and args.bench == "route":
+            return _bench_route(args)
         if args.command == "bench" and args.bench == "curves":
             from lensray.bench.curves import run_bench_curves
 
@@ -389,6 +400,13 @@ def _bench_phylo(args: argparse.Namespace) -> int:
     print(format_phylo(result))
     print(json.dumps(result, indent=1))
     _write_json(result, args.json)
+    return 0
+
+
+def _bench_route(args: argparse.Namespace) -> int:
+    from lensray.bench.route import bench_route
+
+    _write_json(bench_route(_load(args), args.requests, args.repeats), args.json)
     return 0
 
 

@@ -63,6 +63,21 @@ PHYLO = {"model": "llama-text-32", "genes": 128, "samples": 32, "max_new_tokens"
          "share_of_probe": {"seconds_cold": 0.2929, "seconds_warm": 0.0464, "tokens": 1.3889},
          "many": {"models": 100, "failed": 0, "wall_s": 250.4, "cpus": 2, "cpus_per_model": 1.0}}
 
+def route_score(accuracy, std, calls, flops, latency):
+    return {"accuracy": accuracy, "accuracy_std": std, "calls": calls, "flops": flops, "latency": latency}
+
+
+# `bench_route`'s shape (lensray/bench/route.py).
+ROUTE = {"config": "route-demo", "encoder": "hashed", "policy": "max_conf", "queries": 256,
+         "finalists": ["neox-copy-48", "mistral-text-96"], "best_single": "neox-copy-48",
+         "evaluation": {"max_conf": route_score(0.4, 0.03, 1.0, 7.4e6, 0.0015),
+                        "single:neox-copy-48": route_score(0.25, 0.05, 1.0, 2.8e6, 0.00178),
+                        "best_single": route_score(0.25, 0.05, 1.0, 2.8e6, 0.00178),
+                        "oracle": route_score(0.45, 0.04, 1.0, 6.2e6, 0.00129)},
+         "train_s": 0.1234, "score_ms_per_query": 0.0421, "requests": 64, "latency_ms_median": 35.25,
+         "latency_ms_p95": 61.04, "batch_ms_per_query": 3.5, "finalists_called_mean": 1.0,
+         "served_fine_tuned": True, "served_matches_offline": 0.984375}
+
 
 @pytest.fixture(scope="module")
 def curves_result():
@@ -79,7 +94,8 @@ def curves_doc(curves_result):
 def page(tmp_path, curves_doc):
     """The generated page from the benches' JSON files, and their paths."""
     paths = {}
-    for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE), ("phylo", PHYLO)):
+    for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE), ("phylo", PHYLO),
+                      ("route", ROUTE)):
         paths[kind] = tmp_path / f"bench-{kind}.json"
         paths[kind].write_text(json.dumps(doc))
     return docs.generate(list(paths.values())), paths
@@ -189,6 +205,14 @@ def test_scale_and_probe_tables(page):
     assert f"`lensray bench phylo --models 100 --json {paths['phylo']}`" in phylo
     assert "| share of the probe | 4.6% of its seconds (29.3% in a fresh worker), 138.9% of its tokens |" in phylo
     assert "| 100 fingerprints | 250 s wall on 2 CPUs, 0 failed |" in phylo
+    route = section(text, "## Routing (SelectLLM) on the mixed task")
+    assert f"--requests 64 --json {paths['route']}`" in route and "Best single finalist: `neox-copy-48`" in route
+    assert "| **max_conf** (served) | 0.400 ± 0.030 | 1.00 | 7.4e+06 | 1.50 |" in route
+    assert "| oracle | 0.450 ± 0.040 | 1.00 | 6.2e+06 | 1.29 |" in route
+    assert "| best_single |" not in route  # the same row as its single:<name>
+    assert "| served, 64 single requests | median 35.2 ms, p95 61.0 ms a query |" in route
+    assert "| router training | 0.123 s (hashed encoder, 256 queries x 2 finalists) |" in route
+    assert "| served answers equal to the evaluation's | 98.4% of 64 (fine-tuned finalists) |" in route
 
 
 def test_select_baselines_sit_beside_lensray_with_a_summary_per_scheduler(tmp_path):

@@ -240,6 +240,36 @@ def test_lensray_route_routes_a_finished_selection_without_sweeping_again(zoo_di
     assert "holds no finished selection (no selection.json): run `lensray select CONFIG` first" in capsys.readouterr().err
 
 
+def test_bench_route_times_the_router_and_refuses_a_selection_that_did_not_route(zoo_dir, tmp_path, capsys):
+    import yaml
+
+    from lensray.bench.route import time_router
+    from lensray.cli import main
+    from lensray.report.files import write_report
+    from lensray.sweep.record import STATE_FILE, SweepRecord
+
+    raw = route_config(zoo_dir, tmp_path, stages={"post": []})
+    cfg = config_from_dict(raw)
+    folder = tmp_path / "routed"
+    folder.mkdir()
+    record = SweepRecord(folder / STATE_FILE)
+    for obs in sweep_state(STRENGTHS).observations.values():
+        for o in obs:
+            record.observation(o)
+    write_report(selection_of(cfg, sweep_state(STRENGTHS)), folder)
+    config = tmp_path / "routed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["bench", "route", str(config)]) == 2  # no router yet: refused before Ray starts
+    assert "holds no trained router" in capsys.readouterr().err
+    assert main(["bench", "route", str(config), "--requests", "0"]) == 2
+    assert "--requests 0 / --repeats 5: both must be at least 1" in capsys.readouterr().err
+
+    queries = [r["query"] for r in records("food", 64)]
+    correct = np.array([[r["correct"] for r in records(s, 64)] for s in ("food", "service")]).T
+    timed = time_router(cfg, queries, correct, repeats=2)
+    assert set(timed) == {"train_s", "score_ms_per_query"} and all(v > 0 for v in timed.values())
+
+
 def test_route_settings_are_checked_before_ray_naming_the_field(zoo_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"route stage routes on each held-out query's result, but probe.metric is 'loss'"):
         config_from_dict(route_config(zoo_dir, tmp_path, probe={"metric": "loss"}))

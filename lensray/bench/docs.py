@@ -1,14 +1,15 @@
 """docs/benchmarks.md from the benchmarks' JSON: every table there is generated, none typed in.
 
-    make bench   # writes out/bench-{curves,suite,select,scale,probe}.json, then selects and verifies
+    make bench   # writes out/bench-{curves,suite,select,scale,probe,phylo,route}.json, then selects and verifies
                  # the two demos: out/verify-demo.json, out/verify-sde-demo.json (tens of minutes)
     make docs    # python -m lensray.bench.docs --out docs/benchmarks.md
 
     python -m lensray.bench.docs [--out FILE | --out -] [JSON ...]
 
-The inputs default to the eight files `make bench` writes. Each file is recognised by its shape:
+The inputs default to the nine files `make bench` writes. Each file is recognised by its shape:
 `bench curves`' has "scores", `bench curves --suite`'s "summary" and "targets", `bench scale`'s
 "scheduler_share", `bench probe`'s "tokens_per_s", `bench phylo`'s "share_of_probe",
+`bench route`'s "latency_ms_p95",
 `bench select`'s is {dataset: {gamma: cell}}, and `lensray verify --json`'s has the keys of
 VERIFY_KEYS. There is one file of each bench, and any number of verify files, each a run titled
 by its file stem (`verify-demo`); the command shown for a run is the one `make bench` runs for
@@ -34,7 +35,7 @@ from lensray.bench.curves import budgets, fmt
 from lensray.bench.select import BASELINES, PICKS, ats_at, summary
 from lensray.core.curves import Curves, packaged_curves, read_curves, recorded_curves
 
-KINDS = ("curves", "suite", "select", "scale", "probe", "phylo")
+KINDS = ("curves", "suite", "select", "scale", "probe", "phylo", "route")
 DEFAULT_INPUTS = {kind: Path(f"out/bench-{kind}.json") for kind in KINDS}
 MAKES = {
     "curves": "lensray bench curves --json {path}",
@@ -43,6 +44,7 @@ MAKES = {
     "scale": "lensray bench scale --candidates 1000 --json {path}",
     "probe": "lensray bench probe --json {path}",
     "phylo": "lensray bench phylo --models 100 --json {path}",
+    "route": "lensray bench route configs/route-demo.yaml --json {path}",
 }
 """The command that makes each bench's JSON (as `make bench` runs it), by kind."""
 VERIFY = "verify"
@@ -59,6 +61,7 @@ TITLES = {
     "scale": "Scale",
     "probe": "Probe throughput",
     "phylo": "Fingerprint cost (PhyloLM)",
+    "route": "Routing (SelectLLM) on the mixed task",
     VERIFY: "Demos: the selection against the truth at T",
 }
 FIRST_LINE = (
@@ -90,6 +93,8 @@ def kind_of(doc: Any, path: Path) -> str:
         return "probe"
     if isinstance(doc, dict) and "share_of_probe" in doc:
         return "phylo"
+    if isinstance(doc, dict) and "latency_ms_p95" in doc:
+        return "route"
     if isinstance(doc, dict) and doc and all(
         isinstance(cells, dict) and all(isinstance(c, dict) and "fraction_of_all_probes" in c for c in cells.values())
         for cells in doc.values()
@@ -97,7 +102,7 @@ def kind_of(doc: Any, path: Path) -> str:
         return "select"
     raise DocsError(
         f"{path}: not the JSON of a bench (expected what `lensray bench curves [--suite]|select|scale|"
-        "probe|phylo --json` or `lensray verify --json` writes)"
+        "probe|phylo|route --json` or `lensray verify --json` writes)"
     )
 
 
@@ -498,6 +503,37 @@ def phylo_section(path: Path, doc: dict) -> list[str]:
     ]
 
 
+def route_section(path: Path, doc: dict) -> list[str]:
+    """bench route: the route stage's cross-validated evaluation, then the run-time figures."""
+    rows = [[f"**{name}** (served)" if name == doc["policy"] else name,
+             f"{s['accuracy']:.3f} ± {s['accuracy_std']:.3f}", f"{s['calls']:.2f}", f"{s['flops']:.3g}",
+             f"{1e3 * s['latency']:.2f}"]
+            for name, s in doc["evaluation"].items() if name != "best_single"]
+    return [
+        (f"Commands: `lensray select configs/route-demo.yaml`, then `lensray bench route configs/route-demo.yaml "
+         f"--requests {doc['requests']} --json {path}` (lensray/bench/route.py). The route stage's "
+         f"{doc['queries']} held-out queries of the zoo's mixed task (half cipher, half reviews), each scored "
+         "by a router that did not see it; ± is the spread of the fold means. A query's cost is the sum over "
+         f"the finalists it calls (latency: their probes' generation time). Best single finalist: "
+         f"`{doc['best_single']}`."),
+        "",
+        *table(["policy", "accuracy", "finalists called", "FLOPs per query", "latency per query (ms)"], rows),
+        "",
+        *table(["run time", "figure"], [
+            ["router training", f"{doc['train_s']:.3f} s ({doc['encoder']} encoder, {doc['queries']} queries x "
+                                f"{len(doc['finalists'])} finalists)"],
+            ["router scoring", f"{doc['score_ms_per_query']:.3f} ms a query"],
+            [f"served, {doc['requests']} single requests", f"median {doc['latency_ms_median']:.1f} ms, p95 "
+                                                            f"{doc['latency_ms_p95']:.1f} ms a query"],
+            ["served, one batch", f"{doc['batch_ms_per_query']:.1f} ms a query "
+                                  f"({doc['finalists_called_mean']:.2f} finalists called a query)"],
+            ["served answers equal to the evaluation's",
+             f"{100 * doc['served_matches_offline']:.1f}% of {doc['requests']} "
+             f"({'fine-tuned' if doc['served_fine_tuned'] else 'pretrained'} finalists)"],
+        ]),
+    ]
+
+
 # --- lensray verify ------------------------------------------------------------------------------
 
 
@@ -565,15 +601,17 @@ def markdown(found: dict[str, tuple[Path, Any]], missing: list[Path]) -> str:
             lines += scale_section(path, doc)
         elif kind == "probe":
             lines += probe_section(path, doc)
-        else:
+        elif kind == "phylo":
             lines += phylo_section(path, doc)
+        else:
+            lines += route_section(path, doc)
     if runs or missing_runs:
         lines += ["", f"## {TITLES[VERIFY]}", "", *verify_section(runs, missing_runs)]
     return "\n".join(lines) + "\n"
 
 
 def generate(paths: list[Path] | None = None) -> str:
-    """docs/benchmarks.md's text from the JSON files `paths` (default: the eight `make bench` writes)."""
+    """docs/benchmarks.md's text from the JSON files `paths` (default: the nine `make bench` writes)."""
     found, missing = load(paths or [*DEFAULT_INPUTS.values(), *DEFAULT_VERIFY])
     for p in missing:
         print(f"lensray.bench.docs: {missing_line(p)}", file=sys.stderr)
