@@ -34,8 +34,8 @@ commands, one example each:
   verify  lensray verify configs/replay-flan.yaml --json out/verify.json
   record  lensray record --out curves.csv                                   (no CONFIG: the zoo demo's pool)
   phylo   lensray phylo --scores known.csv                                  (CSV columns: model,score)
-  route   lensray route configs/sde-demo.yaml                               (after its `lensray select`)
-  serve   lensray serve configs/sde-demo.yaml --port 8000                   (after its route stage ran)
+  route   lensray route configs/route-demo.yaml                             (after its `lensray select`)
+  serve   lensray serve configs/route-demo.yaml --port 8000                 (after its route stage ran)
   submit  lensray submit configs/replay-flan.yaml --address http://127.0.0.1:8265 --out /mnt/shared/lensray
   jobs    lensray jobs --address http://127.0.0.1:8265
   logs    lensray logs raysubmit_XXXX --address http://127.0.0.1:8265

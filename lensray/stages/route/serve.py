@@ -1,8 +1,8 @@
 """`lensray serve CONFIG`: the finalists behind the trained router, as one Ray Serve application.
 
-    lensray serve configs/sde-demo.yaml --port 8000       # after its route stage ran
-    curl -s 127.0.0.1:8000/ -d '{"query": "the food was tasty , the staff was rude ."}'
-    curl -s 127.0.0.1:8000/ -d '{"queries": ["...", "..."]}'      # a batch: {"results": [...]}
+    lensray serve configs/route-demo.yaml --port 8000     # after its route stage ran
+    curl -s 127.0.0.1:8000/ -d '{"query": "rate food , service and price : the service was good ."}'
+    curl -s 127.0.0.1:8000/ -d '{"queries": ["translate : f e f j k ->", "..."]}'   # a batch: {"results": [...]}
     curl -s 127.0.0.1:8000/                                        # GET: the finalists' status
 
 Deployments (Ray 2.60 Serve; one replica each)::

@@ -25,7 +25,7 @@ the Selection is read back from selection.json and the sweep's record (sweep.jso
 report files are written anew with the Routing section::
 
     from lensray.stages.route.stage import run_route
-    folder, selection = run_route(load_config("configs/sde-demo.yaml"))
+    folder, selection = run_route(load_config("configs/route-demo.yaml"))
 """
 
 from __future__ import annotations
