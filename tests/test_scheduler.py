@@ -2,6 +2,7 @@
 synchronous rungs, pending trials, and save/restore."""
 
 import json
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from conftest import SIZES, TARGET, curve, feed
@@ -49,14 +50,27 @@ def test_a_restored_scheduler_decides_exactly_as_the_original(tmp_path):
     assert fresh.rule.decisions[-1] == s.rule.decisions[-1] and "good" in s.rule.decisions[-1].reason
 
 
-class FakeController:
-    """Just enough of Tune's controller for choose_trial_to_run: trials and stop_trial."""
+@dataclass(eq=False)  # hashed by identity, as Tune's trials
+class FakeTrial:
+    config: dict
+    status: str
+    trial_id: str
 
-    def __init__(self, names):
-        self.trials = [SimpleNamespace(config={"candidate": n}, status="PAUSED", trial_id=n) for n in names]
+
+class FakeController:
+    """Just enough of Tune's controller for choose_trial_to_run: trials added to the scheduler in
+    order, the live ones as an unordered set (as Tune keeps them), and stop_trial."""
+
+    def __init__(self, names, scheduler):
+        self.trials = [FakeTrial({"candidate": n}, "PAUSED", n) for n in names]
+        for trial in self.trials:
+            scheduler.on_trial_add(self, trial)
 
     def get_trials(self):
         return self.trials
+
+    def get_live_trials(self):
+        return {t for t in self.trials if t.status != "TERMINATED"}
 
     def stop_trial(self, trial):
         trial.status = "TERMINATED"
@@ -64,7 +78,7 @@ class FakeController:
 
 def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
     s = scheduler(path=tmp_path / "s.jsonl", sizes=SIZES)
-    ctl = FakeController(["bad", "good"])
+    ctl = FakeController(["bad", "good"], s)
     bad, good = curve(4.0, -0.02), curve(2.0, -0.08)
     # "bad" reaches 800 first: no rival has a fit yet, so it continues, paused at the rung
     assert feed(s.rule, "bad", bad, upto=3) == [TrialScheduler.PAUSE] * 3
@@ -86,7 +100,7 @@ def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
 
 def test_pending_probes_start_before_paused_ones_resume():
     s = scheduler(sizes=SIZES)
-    ctl = FakeController(["a", "b"])
+    ctl = FakeController(["a", "b"], s)
     ctl.trials[1].status = "PENDING"
     assert s.choose_trial_to_run(ctl) is ctl.trials[1]
 
@@ -110,8 +124,16 @@ def test_a_resumed_synchronous_sweep_keeps_the_record_and_decides_pending_rungs_
     assert s.rule.curves["bad"].status == Status.RUNNING and s.rule.curves["good"].status == Status.RUNNING
     assert [d.to_record() for d in s.rule.decisions] == [r for r in lines if r["event"] == "decision"]
     assert s.rule.curves["good"].rung_decided == 800 and s.rule.curves["bad"].rung_decided == 400
-    ctl = FakeController(["good", "bad"])
+    ctl = FakeController(["good", "bad"], s)
     assert s.choose_trial_to_run(ctl) is None  # bad's rung (800) is decided first: it is stopped
     assert ctl.trials[1].status == "TERMINATED" and read_state(path).status["bad"][0] == Status.STOPPED
     assert s.choose_trial_to_run(ctl) is ctl.trials[0]  # then good's rung: it goes on
     assert s.rule.decisions[-1].candidate == "good" and s.rule.decisions[-1].size == 1600
+
+
+def test_nested_extras_that_tune_flattened_are_nested_again():
+    from lensray.sweep.scheduler import _unflatten
+
+    result = {"loss": 1.0, "extra/steps": 4, "extra/phase_s/train": 1.5, "extra/phase_s/eval": 0.5,
+              "extra/queries": [{"id": 0}], "extras/other": 1}
+    assert _unflatten(result, "extra/") == {"steps": 4, "phase_s": {"train": 1.5, "eval": 0.5}, "queries": [{"id": 0}]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -153,7 +154,7 @@ def read_curves(path: str | Path) -> Curves:
             params.append(_number(path, r, "size", row[idx["size"]], True))
         if "family" in idx:
             family.append(row[idx["family"]])
-    dup = {n for n in names if names.count(n) > 1}
+    dup = {n for n, k in Counter(names).items() if k > 1}
     if dup:
         raise CurveError(f"{path}: candidate names must be unique; repeated: {sorted(dup)}")
     return Curves(

@@ -44,6 +44,10 @@ class Footprint:
     reserve their own resources (Tune would otherwise start trials whose workers starve)."""
     reuse_actors: bool = False
     """Whether Tune may reuse a trial's actor for the next candidate (cheap, stateless probes)."""
+    pending_per_slot: int = 0
+    """Trials Tune may keep pending per probe that fits at once (0 = Tune's own default, at least
+    200, so an autoscaling cluster sees the demand). Cheap probes set a few: each pending trial
+    holds a placement-group request that Tune goes over at every step."""
 
 
 class ProbeBackend(Protocol):

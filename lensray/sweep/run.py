@@ -58,6 +58,21 @@ def init_ray(cfg: SelectConfig) -> None:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
+@contextlib.contextmanager
+def _environ(**values: str | None):
+    """The environment variables `values` set (None: left as they are) while the block runs."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def max_concurrent(cfg: SelectConfig, n_candidates: int, footprint: Footprint) -> int:
     """How many probes fit on the cluster at once, so trials never starve each other."""
     import ray
@@ -233,10 +248,11 @@ def run_sweep(
     """Run (or resume) the sweep of `pool`; returns the side file's state, the candidates whose
     trials died (-> reason) and the seconds the stopping rule took. `scheduler`: a Tune scheduler
     run instead of the curve-fit one (see the module docstring); it takes no seconds of the rule."""
+    import ray
     from ray import tune
 
     from lensray.sweep.scheduler import CurveFitScheduler
-    from lensray.sweep.trial import probe_trial
+    from lensray.sweep.trial import JobRef, probe_trial
 
     storage = cfg.storage()
     state_path = storage.local / STATE_FILE
@@ -257,7 +273,13 @@ def run_sweep(
         # repeat it, and the TensorBoard one imports torch into the driver mid-run (on a cluster
         # job's driver that import intermittently aborted the process inside oneMKL).
         os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        trainable = tune.with_resources(tune.with_parameters(probe_trial, job=job), footprint.trial)
+        # Tune's experiment state (every trial, saved every ~10 s) serves Tuner.restore, which
+        # lensray does not use (--resume reads sweep.jsonl); saved every minute it stops growing
+        # into the wall time of a pool of thousands.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "60")
+        job_ref = JobRef(ray.put(job))  # the driver keeps the reference alive until the sweep ends
+        trainable = tune.with_resources(tune.with_parameters(probe_trial, job_ref=job_ref), footprint.trial)
+        pending = footprint.pending_per_slot * max_concurrent(cfg, len(todo), footprint)
         tuner = tune.Tuner(
             trainable,
             param_space={"candidate": tune.grid_search(todo)},
@@ -281,7 +303,7 @@ def run_sweep(
         # tables and its tracebacks of failed trials would only repeat them.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stdout(io.StringIO()), _environ(TUNE_MAX_PENDING_TRIALS_PG=str(pending) if pending else None):
                 results = tuner.fit()
         finally:
             storage.push(STATE_FILE)  # an interrupted sweep's record, for --resume

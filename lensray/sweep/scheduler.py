@@ -37,6 +37,20 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
 
+def _unflatten(result: dict, prefix: str) -> dict:
+    """The metrics under `prefix` as the nested dict they were reported as: Tune flattens nested
+    metrics, so {"extra": {"a": 1, "b": {"c": 2}}} arrives as {"extra/a": 1, "extra/b/c": 2}."""
+    out: dict = {}
+    for key, value in result.items():
+        if key.startswith(prefix):
+            *parents, leaf = key[len(prefix):].split("/")
+            node = out
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = value
+    return out
+
+
 class CurveFitScheduler(FIFOScheduler):
     """Early-stops Tune trials whose extrapolated loss at the target cannot reach the top k.
 
@@ -47,6 +61,10 @@ class CurveFitScheduler(FIFOScheduler):
     def __init__(self, rule: StoppingRule) -> None:
         super().__init__()
         self.rule = rule
+        self._added: dict[str, int] = {}  # trial id -> the order Tune added it in
+
+    def on_trial_add(self, tune_controller, trial: "Trial") -> None:
+        self._added.setdefault(trial.trial_id, len(self._added))
 
     def on_trial_result(self, tune_controller, trial: "Trial", result: dict) -> str:
         name = result.get("candidate") or trial.config.get("candidate")
@@ -60,8 +78,7 @@ class CurveFitScheduler(FIFOScheduler):
             Observation(
                 str(name), int(size), float(loss), int(result.get("tokens", 0)),
                 float(result.get("flops", 0.0)), float(result.get("wall_s", 0.0)),
-                # Tune flattens nested metrics: {"extra": {"a": 1}} arrives as {"extra/a": 1}
-                dict(result.get("extra") or {k[6:]: v for k, v in result.items() if k.startswith("extra/")}),
+                dict(result.get("extra") or _unflatten(result, "extra/")),
             )
         ).value
 
@@ -70,10 +87,11 @@ class CurveFitScheduler(FIFOScheduler):
         from ray.tune.experiment import Trial
 
         rule = self.rule
-        trials = tune_controller.get_trials()
-        for trial in trials:
-            if trial.status == Trial.PENDING:
-                return trial
+        # only the trials not yet ended: scanning every trial on each call made a pool of n cost O(n^2)
+        trials = tune_controller.get_live_trials()
+        pending = [t for t in trials if t.status == Trial.PENDING]
+        if pending:  # the first Tune added
+            return min(pending, key=lambda t: self._added.get(t.trial_id, len(self._added)))
         paused = [t for t in trials if t.status == Trial.PAUSED]
         if not paused:
             return None

@@ -1,9 +1,9 @@
 """The Tune trial: one Probe of one Candidate, reporting an Observation per subset size.
 
-Runs in a Ray worker. `config` is {"candidate": name}; `job` (shipped once through the object
-store with `tune.with_parameters`) holds the SelectConfig, the Pool's Candidates by name and the
-sizes an interrupted run already observed ("skip"). The probe backend (lensray.probe.base) does
-the probing; this function only works out which sizes are left.
+Runs in a Ray worker. `config` is {"candidate": name}; the job (`JobRef`: put in the object store
+once by the driver, read once per worker process) holds the SelectConfig, the Pool's Candidates
+by name and the sizes an interrupted run already observed ("skip"). The probe backend
+(lensray.probe.base) does the probing; this function only works out which sizes are left.
 
 Failures: a probe that fails on its own (a ProbeError: bad data, divergence, out of memory, a
 model that cannot load) reports {"candidate", FAILED_KEY: reason} and ends, so the scheduler
@@ -16,22 +16,46 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lensray.core.types import Observation
+
+@dataclass(frozen=True)
+class JobRef:
+    """The sweep's job in the object store. Wrapped so that `tune.with_parameters` ships the
+    reference, not the job: Tune would deserialise the whole job (every Candidate of the pool)
+    for each trial, which made a pool of n candidates cost O(n^2); `job()` reads it once per
+    worker process."""
+
+    ref: Any
+
+    def job(self) -> dict[str, Any]:
+        import ray
+
+        key = self.ref.hex()
+        if key not in _JOBS:
+            _JOBS.clear()  # a reused worker of another sweep: one job at a time
+            _JOBS[key] = ray.get(self.ref)
+        return _JOBS[key]
+
+
+_JOBS: dict[str, dict[str, Any]] = {}
+"""This worker process's job, by object id (JobRef.job)."""
 
 DONE_FILE = "sizes_done.json"
 FAILED_KEY = "failed"
 """Result key of a probe that failed on its own; its value is the one-line reason."""
 
 
-def probe_trial(config: dict[str, Any], job: dict[str, Any]) -> None:
+def probe_trial(config: dict[str, Any], job_ref: JobRef) -> None:
     from ray import tune
 
     from lensray.core.errors import ProbeError
     from lensray.probe.base import get_backend
 
+    job = job_ref.job()
     cfg = job["config"]
     candidate = job["candidates"][config["candidate"]]
     skip = set(job["skip"].get(candidate.name, ())) | _sizes_done(tune.get_checkpoint())
