@@ -35,8 +35,8 @@ bench: $(STAMP)
 	$(VENV)/bin/lensray bench curves --json out/bench-curves.json
 	$(VENV)/bin/lensray bench curves --suite --json out/bench-suite.json
 	$(VENV)/bin/lensray bench select --json out/bench-select.json
-	$(VENV)/bin/lensray bench scale --candidates 1000 --json out/bench-scale.json
-	$(VENV)/bin/lensray bench probe --json out/bench-probe.json
+	$(VENV)/bin/lensray bench scale --candidates 10000 --json out/bench-scale.json
+	$(VENV)/bin/lensray bench probe --size 32 64 128 256 --json out/bench-probe.json
 	$(VENV)/bin/lensray bench phylo --models 100 --json out/bench-phylo.json
 	$(VENV)/bin/lensray zoo build
 	$(VENV)/bin/lensray select configs/route-demo.yaml --resume --quiet

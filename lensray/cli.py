@@ -43,7 +43,7 @@ commands, one example each:
   zoo     lensray zoo build --out zoo
   bench   lensray bench curves --json out/bench-curves.json
           lensray bench select --out out/bench-select --json out/bench-select.json
-          lensray bench scale --candidates 1000 --out out/bench-scale
+          lensray bench scale --candidates 10000 --out out/bench-scale
           lensray bench probe --zoo zoo --model llama-copy-96 --workers 1
           lensray bench phylo --models 100
           lensray bench route configs/route-demo.yaml --json out/bench-route.json   (after its `lensray select`)
@@ -181,14 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
     route_b.add_argument("--out", metavar="DIR", help="output folder or storage URI (overrides the config's `output`)")
     route_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     _add_set(route_b)
-    probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s) and memory on this machine")
+    probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s), MFU, memory and wall time by phase on this machine")
     probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
-    probe.add_argument("--model", default="llama-copy-96", help="zoo model (default llama-copy-96)")
-    probe.add_argument("--size", type=int, default=1024, help="examples fine-tuned on (default 1024)")
+    probe.add_argument("--model", default="llama-copy-96",
+                       help="zoo model, or a hub-sized one with random weights: llama-1b, llama-tiny (default llama-copy-96)")
+    probe.add_argument("--size", type=int, nargs="+", default=[1024],
+                       help="examples fine-tuned on, one fine-tune per size as a probe runs them (default 1024)")
     probe.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
     probe.add_argument("--zero-stage", type=int, default=2, help="DeepSpeed ZeRO stage (default 2)")
     probe.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     probe.add_argument("--micro-batch", type=int, default=8, help="examples per worker per step (default 8)")
+    probe.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the workers train (default auto)")
+    probe.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training precision (default fp32)")
+    probe.add_argument("--length", type=int, default=512, help="tokens per example of a hub-sized model's data (default 512)")
+    probe.add_argument("--peak-tflops", type=float, help="the device's bf16 peak for MFU (default: by its name)")
     probe.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     return parser
 
@@ -417,7 +423,8 @@ def _bench_probe(args: argparse.Namespace) -> int:
     from lensray.zoo.build import build_zoo
 
     build_zoo(Path(args.zoo))
-    result = bench_probe(Path(args.zoo), args.model, args.size, args.workers, args.zero_stage, args.lora, args.micro_batch)
+    result = bench_probe(Path(args.zoo), args.model, tuple(args.size), args.workers, args.zero_stage, args.lora,
+                         args.micro_batch, args.device, args.precision, args.length, args.peak_tflops)
     _write_json(result, args.json)
     return 0
 

@@ -53,9 +53,10 @@ VERIFY_SDE = {"relacc": 77.6012, "pearcorr": 26.44, "fraction_of_full": 0.2214,
               "selected": "mistral-text-96+inst-first.loss-off.json.omit.text.direct", "best": "llama-text-32+es-sde",
               "loss_at_target": {"mistral-text-96+inst-first.loss-off.json.omit.text.direct": 0.214,
                                  "llama-text-32+es-sde": 0.147}}
-PROBE = {"model": "llama-copy-96", "size": 1024, "num_workers": 1, "zero_stage": 2, "lora": False,
+PROBE = {"model": "llama-copy-96", "sizes": [256, 1024], "num_workers": 1, "zero_stage": 2, "lora": False,
          "tokens": 123456, "train_s": 13.5, "tokens_per_s": 9087.3, "wall_s": 40.2,
-         "worker_peak_rss_gb": 0.62, "driver_peak_rss_gb": 0.4, "loss": 1.2345}
+         "worker_peak_rss_gb": 0.62, "driver_peak_rss_gb": 0.4, "loss": 1.2345, "fixed_share": 0.5771,
+         "phase_s": {"ray_train_start": 12.06, "train": 13.5, "eval": 3.5, "other": 11.14}}
 
 PHYLO = {"model": "llama-text-32", "genes": 128, "samples": 32, "max_new_tokens": 5,
          "fingerprint": {"tokens": 20000, "cold_s": 20.5, "warm_s": 3.25},
@@ -200,7 +201,9 @@ def test_scale_and_probe_tables(page):
     assert "| 1000 | asynchronous | 27.0 | 0.0261 | 0.251 |" in scale
     probe = section(text, "## Probe throughput")
     assert "| `tokens_per_s` | 9087 |" in probe and "| `lora` | false |" in probe
-    assert all(f"| `{k}` |" in probe for k in PROBE)
+    assert all(f"| `{k}` |" in probe for k in PROBE if k != "phase_s")
+    assert "`lensray bench probe --model llama-copy-96 --size 256 1024 --workers 1 --zero-stage 2 --json" in probe
+    assert "| ray_train_start | 12.06 | 30.0% |" in probe and "| other | 11.14 | 27.7% |" in probe
     phylo = section(text, "## Fingerprint cost (PhyloLM)")
     assert f"`lensray bench phylo --models 100 --json {paths['phylo']}`" in phylo
     assert "| share of the probe | 4.6% of its seconds (29.3% in a fresh worker), 138.9% of its tokens |" in phylo

@@ -58,6 +58,23 @@ def check_curve(observations, spec: ProbeSpec) -> None:
         assert math.isfinite(o.extra["ntk_F"]) and math.isfinite(o.extra["ntk_log_F"])
     log_f = [o.extra["ntk_log_F"] for o in observations]
     assert log_f[0] > log_f[1] > log_f[2]  # F shrinks as the steps t grow
+    check_phases(observations)
+
+
+def check_phases(observations) -> None:
+    """Each size's wall time by phase: the start-up once, at the first size; every size trains,
+    evaluates, loads its weights and starts DeepSpeed; the phases of a size fit in its wall time."""
+    from lensray.probe.hf.worker import PHASES
+
+    once = {"tokenize", "ray_train_start", "worker_setup", "zero_shot", "ntk"}
+    first, *rest = (o.extra["phase_s"] for o in observations)
+    assert once | {"model_load", "deepspeed_init", "train", "eval"} <= set(first) <= set(PHASES)
+    inside = {"model_load", "zero_shot", "ntk", "deepspeed_init", "train", "eval"}  # what a size's wall_s spans
+    for o, phases in zip(observations, [first, *rest]):
+        assert all(v >= 0 for v in phases.values()) and phases["train"] == pytest.approx(o.extra["train_s"])
+        assert sum(phases.get(k, 0.0) for k in inside) <= o.wall_s
+    for phases in rest:  # the previous size's report, then this size's own work
+        assert {"checkpoint", "model_load", "deepspeed_init", "train", "eval"} <= set(phases) and not once & set(phases)
 
 
 @pytest.mark.slow
@@ -293,3 +310,22 @@ def test_spec_round_trips_through_a_tune_config(zoo_manifest, tmp_path):
     assert ProbeSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     with pytest.raises(ValueError, match="ProbeConfig: unknown field.*'learning_rate'"):
         ProbeSpec.from_dict({**spec.to_dict(), "probe": {"learning_rate": 1.0}})
+
+
+@pytest.mark.slow
+def test_bench_probe_breaks_a_probe_down_by_phase_on_a_hub_sized_model(zoo_dir, ray_local):
+    """`lensray bench probe` on llama-tiny (the hub-sized code path, CPU-sized): every phase of the
+    wall time is there and they add up to it; its long examples are `length` tokens each; no MFU
+    without a GPU."""
+    from lensray.bench.probe import bench_probe
+    from lensray.probe.hf.worker import PHASES
+    from lensray.zoo.hub_sized import HUB_SIZED
+
+    out = bench_probe(zoo_dir, "llama-tiny", sizes=(16, 32), device="cpu", length=64, micro_batch=4)
+    cfg = HUB_SIZED["llama-tiny"]
+    layer = 4 * cfg["hidden_size"] ** 2 + 3 * cfg["hidden_size"] * cfg["intermediate_size"] + 2 * cfg["hidden_size"]
+    assert out["n_params"] == 2 * cfg["vocab_size"] * cfg["hidden_size"] + cfg["num_hidden_layers"] * layer + cfg["hidden_size"]
+    assert out["tokens"] == (16 + 32) * 64 and out["device"] == "cpu" and out["mfu"] is None and out["peak_gpu_gb"] is None
+    assert set(out["phase_s"]) == {*PHASES, "other"} and out["phase_s"]["weights"] == out["phase_s"]["ntk"] == 0
+    assert sum(out["phase_s"].values()) == pytest.approx(out["wall_s"], abs=0.05)
+    assert 0 < out["fixed_share"] < 1 and out["phase_s"]["ray_train_start"] > 0

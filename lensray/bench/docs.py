@@ -41,8 +41,8 @@ MAKES = {
     "curves": "lensray bench curves --json {path}",
     "suite": "lensray bench curves --suite --json {path}",
     "select": "lensray bench select --json {path}",
-    "scale": "lensray bench scale --candidates 1000 --json {path}",
-    "probe": "lensray bench probe --json {path}",
+    "scale": "lensray bench scale --candidates 10000 --json {path}",
+    "probe": "lensray bench probe --size 32 64 128 256 --json {path}",
     "phylo": "lensray bench phylo --models 100 --json {path}",
     "route": "lensray bench route configs/route-demo.yaml --json {path}",
 }
@@ -469,17 +469,25 @@ def value(key: str, v: Any) -> str:
 
 
 def probe_section(path: Path, doc: dict) -> list[str]:
-    """bench probe: its dict as a two-column table."""
+    """bench probe: its figures as a two-column table, then its wall time by phase."""
+    sizes = " ".join(map(str, doc.get("sizes") or [doc.get("size")]))
     flags = (
-        f" --model {doc.get('model')} --size {doc.get('size')} --workers {doc.get('num_workers')} "
+        f" --model {doc.get('model')} --size {sizes} --workers {doc.get('num_workers')} "
         f"--zero-stage {doc.get('zero_stage')}{' --lora' if doc.get('lora') else ''}"
     )
-    return [
-        (f"Command: `lensray bench probe{flags} --json {path}`. One zoo model fine-tuned on one subset "
-        "size by the hf probe (Ray Train + DeepSpeed), on the machine above."),
+    lines = [
+        (f"Command: `lensray bench probe{flags} --json {path}`. One probe of one zoo model (a fine-tune "
+        "per size) by the hf probe (Ray Train + DeepSpeed), on the machine above."),
         "",
-        *table(["field", "value"], [[f"`{k}`", value(k, v)] for k, v in doc.items()]),
+        *table(["field", "value"], [[f"`{k}`", value(k, v)] for k, v in doc.items() if k != "phase_s"]),
     ]
+    if "phase_s" in doc:
+        wall = doc["wall_s"]
+        lines += ["", ("Its wall time by phase (rank 0's seconds, summed over the sizes; lensray.probe.hf.worker.PHASES "
+                       "says what each covers, `other` is the rest):"), "",
+                  *table(["phase", "seconds", "share of the wall time"],
+                         [[p, f"{s:.2f}", f"{100 * s / wall:.1f}%"] for p, s in doc["phase_s"].items()])]
+    return lines
 
 
 def phylo_section(path: Path, doc: dict) -> list[str]:

@@ -8,8 +8,9 @@ of greedy responses to the held-out prompts, scored under the data's sample desi
 reports one Observation: candidate, size, loss (or error), training tokens, FLOPs
 (6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.probe.hf.ntk) of the
 pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps, the
-weight change, the throughput and, with `metric="task"`, the accuracy, F1 and format error rate
-and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
+weight change, the throughput, the wall time by phase (lensray.probe.hf.worker.PHASES; on a GPU
+also the device and its peak memory) and, with `metric="task"`, the accuracy, F1 and format error
+rate and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
 
 Use it::
 
@@ -54,6 +55,7 @@ are imported inside the functions, so `import lensray.probe.hf.driver` stays lig
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -98,11 +100,13 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
     import ray
 
     cfg = spec.probe
+    started = time.perf_counter()
     tokenizer = load_tokenizer(spec)
     try:
         data = prepare_data(spec.data, tokenizer)
     except DataError as e:
         raise ProbeError(str(e), spec.candidate) from None
+    tokenize_s = time.perf_counter() - started
     largest = data.subset(spec.data.sizes[-1])
     train_rows = list(zip(largest["input_ids"], largest["labels"]))
     eval_rows = list(zip(data.eval["input_ids"], data.eval["labels"]))
@@ -117,6 +121,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
         "ds_config": cfg.deepspeed(cfg.num_workers),
         "use_gpu": use_gpu,
         "data_counts": {"n_truncated": data.n_truncated, "n_dropped": data.n_dropped},
+        "tokenize_s": tokenize_s,
     }
     if cfg.metric == "task":
         loop_config["eval_prompts"] = list(data.eval["prompt_ids"])
@@ -145,6 +150,7 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
 
         callbacks.append(TuneReportCallback())
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if use_gpu else {})
+    loop_config["fit_started"] = time.time()  # the workers time Ray Train's start from it (lensray.probe.hf.worker.PHASES)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=loop_config,

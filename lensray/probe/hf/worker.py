@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,22 @@ QUERY_FIELDS = {
     "latency_s": "wall seconds of the generation batch it was in, shared equally among its prompts",
 }
 """Each per-query record's fields and their meaning."""
+PHASES = {
+    "tokenize": "the driver: the candidate's tokenizer loaded and the data tokenised (or read from its cache)",
+    "ray_train_start": "from TorchTrainer.fit() to the first line of the worker loop: Ray Train's controller, "
+                       "the worker group and the process group (not timed after a restart)",
+    "worker_setup": "the worker: torch, transformers and DeepSpeed imported, its rows and tokenizer set up",
+    "model_load": "the pretrained weights loaded and moved to the device (every size starts from them)",
+    "zero_shot": "the pretrained model's held-out loss (first size only)",
+    "ntk": "the NTK term's per-example gradients (first size only)",
+    "deepspeed_init": "deepspeed.initialize: the engine and the optimizer (and its op build, once)",
+    "train": "the optimizer steps",
+    "eval": "the held-out loss, and with metric task the generations and their scoring",
+    "weights": "the fine-tuned model saved (ProbeConfig.weights_path only)",
+    "checkpoint": "the previous size's report to Ray Train, with rank 0's progress checkpoint",
+}
+"""The phases of a probe's wall time in `extra["phase_s"]` (rank 0's seconds; each size's since the
+previous report, so the first size carries the start-up). `lensray bench probe` prints them."""
 
 
 def _pad(rows, pad_id: int, torch, device):
@@ -157,6 +174,28 @@ def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, n_pa
 
 
 
+class _Clock:
+    """Rank 0's wall seconds by phase (PHASES), collected until the next `take`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def take(self) -> dict[str, float]:
+        out, self.seconds = self.seconds, {}
+        return out
+
+
 class _Train:
     """One fine-tune of one size on this rank: the DeepSpeed engine and what it measured."""
 
@@ -187,6 +226,7 @@ class _Worker:
         self.global_batch = cfg.micro_batch * self.world
         self.ntk: NTKStats | None = None
         self.zero_shot: float | None = None
+        self.clock = _Clock()
 
     def agree(self, value: float, op) -> float:
         """`value` reduced over every rank with `op` (SUM, MAX), so all ranks decide alike."""
@@ -203,20 +243,23 @@ class _Worker:
         on some rank (every rank stops together)."""
         torch, spec = self.torch, self.spec
         torch.manual_seed(self.cfg.seed)
-        try:
-            model, n_params = load_model(spec, torch)
-            load_error = ""
-        except Exception as e:  # corrupt or incompatible weights, peft target mismatch, ...
-            load_error = f"cannot load {spec.model!r} for fine-tuning: {one_line(e)}"
-        if self.agree(float(bool(load_error)), self.dist.ReduceOp.MAX):
-            return load_error or f"cannot load {spec.model!r} on another worker"
-        model.to(self.device)
+        with self.clock.phase("model_load"):
+            try:
+                model, n_params = load_model(spec, torch)
+                load_error = ""
+            except Exception as e:  # corrupt or incompatible weights, peft target mismatch, ...
+                load_error = f"cannot load {spec.model!r} for fine-tuning: {one_line(e)}"
+            if self.agree(float(bool(load_error)), self.dist.ReduceOp.MAX):
+                return load_error or f"cannot load {spec.model!r} on another worker"
+            model.to(self.device)
         if self.zero_shot is None:
-            self.zero_shot = self.evaluate(model)
+            with self.clock.phase("zero_shot"):
+                self.zero_shot = self.evaluate(model)
             if self.rank == 0 and self.cfg.ntk_examples:
                 from lensray.probe.hf.ntk import diag_ntk
 
-                self.ntk = diag_ntk(model, self.train_rows[: self.cfg.ntk_examples], self.device)
+                with self.clock.phase("ntk"):
+                    self.ntk = diag_ntk(model, self.train_rows[: self.cfg.ntk_examples], self.device)
         return model, n_params
 
     def train(self, model, size: int) -> _Train | str:
@@ -228,9 +271,10 @@ class _Worker:
         cfg, torch, dist = self.cfg, self.torch, self.dist
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         before = {n: p.detach().clone() for n, p in trainable}
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=[p for _, p in trainable], config=self.config["ds_config"]
-        )
+        with self.clock.phase("deepspeed_init"):
+            engine, _, _, _ = deepspeed.initialize(
+                model=model, model_parameters=[p for _, p in trainable], config=self.config["ds_config"]
+            )
         steps = cfg.max_steps or cfg.epochs * math.ceil(size / (self.global_batch * cfg.grad_accum))
         rng = np.random.default_rng([cfg.seed, size])
         order: list[int] = []
@@ -260,20 +304,23 @@ class _Worker:
             if cfg.max_rss_gb and rss > cfg.max_rss_gb:
                 return (f"out of memory at size {size}: worker peak RSS {rss:.2f} GB exceeds "
                         f"ProbeConfig.max_rss_gb={cfg.max_rss_gb:g}; lower micro_batch or raise the limit")
-        return _Train(engine, steps, trainable, before, first_loss, mean_loss, tokens, time.perf_counter() - train_start)
+        train_s = time.perf_counter() - train_start
+        self.clock.add("train", train_s)
+        return _Train(engine, steps, trainable, before, first_loss, mean_loss, tokens, train_s)
 
     def observe(self, size: int, n_params: int, run: _Train, restarts: int, start: float) -> dict[str, Any] | str:
         """Evaluate the fine-tuned model: the Observation of `size` (as a dict), or why not."""
         import numpy as np
 
         cfg, module = self.cfg, run.engine.module
-        loss = self.evaluate(module)
-        if not math.isfinite(loss):
-            return f"diverged at size {size}: held-out loss is {loss}; lower ProbeConfig.lr={cfg.lr:g}"
-        task: dict[str, Any] = {}
-        if cfg.metric == "task":
-            task = _task_metric(module, self.spec, self.config, self.tokenizer, n_params, self.rank, self.world,
-                                self.torch, self.device)
+        with self.clock.phase("eval"):
+            loss = self.evaluate(module)
+            if not math.isfinite(loss):
+                return f"diverged at size {size}: held-out loss is {loss}; lower ProbeConfig.lr={cfg.lr:g}"
+            task: dict[str, Any] = {}
+            if cfg.metric == "task":
+                task = _task_metric(module, self.spec, self.config, self.tokenizer, n_params, self.rank, self.world,
+                                    self.torch, self.device)
         tokens = self.agree(run.tokens, self.dist.ReduceOp.SUM)
         delta = math.sqrt(sum(float((p.detach() - run.before[n]).float().pow(2).sum()) for n, p in run.trainable))
         extra: dict[str, Any] = {
@@ -290,12 +337,16 @@ class _Worker:
             "tokens_per_s": tokens / run.train_s if run.train_s > 0 else 0.0,
             "peak_rss_gb": self.agree(peak_rss_gb(), self.dist.ReduceOp.MAX),
             "num_workers": self.world,
+            "dist_backend": self.dist.get_backend() if self.dist.is_initialized() else None,
             "zero_stage": self.config["ds_config"]["zero_optimization"]["stage"],
             "lora": cfg.lora,
             "restarts": restarts,
             **self.config["data_counts"],
             **task,
         }
+        if self.device.type == "cuda":
+            extra["device_name"] = self.torch.cuda.get_device_name(self.device)
+            extra["peak_gpu_gb"] = self.agree(self.torch.cuda.max_memory_allocated(self.device) / 1e9, self.dist.ReduceOp.MAX)
         if self.ntk is not None:
             f, log_f = ntk_term(self.ntk, cfg.lr, run.steps)
             extra |= {
@@ -311,6 +362,7 @@ class _Worker:
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker loop: for each size, reload, fine-tune with DeepSpeed, evaluate, report."""
+    entered = time.time()
     import gc
     import logging
 
@@ -324,6 +376,10 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
     deepspeed.utils.logger.setLevel(logging.WARNING)
     worker = _Worker(config, torch, dist, ray.train.get_context())
     observations, restarts = _resume_state(ray.train.get_checkpoint())
+    worker.clock.add("worker_setup", time.time() - entered)
+    if not restarts:  # a restarted group's start is not timed
+        worker.clock.add("tokenize", config.get("tokenize_s", 0.0))
+        worker.clock.add("ray_train_start", max(0.0, entered - config.get("fit_started", entered)))
     finished = {o["size"] for o in observations}
     error = None
     for size in [d for d in worker.spec.data.sizes if d not in finished]:
@@ -342,10 +398,13 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             error = obs
             break
         if worker.cfg.weights_path and worker.rank == 0:
-            save_model(run.engine.module, worker.tokenizer or load_tokenizer(worker.spec), worker.cfg.weights_path)
+            with worker.clock.phase("weights"):
+                save_model(run.engine.module, worker.tokenizer or load_tokenizer(worker.spec), worker.cfg.weights_path)
             obs["extra"]["weights"] = worker.cfg.weights_path
+        obs["extra"]["phase_s"] = worker.clock.take()
         observations.append(obs)
-        _report(obs, observations, restarts, worker.rank)
+        with worker.clock.phase("checkpoint"):  # counted in the next size's phases
+            _report(obs, observations, restarts, worker.rank)
         del run, model, loaded  # the next size starts again from the pretrained weights
         gc.collect()
         if config["use_gpu"]:
