@@ -144,9 +144,14 @@ def test_put_folder_replaces_a_folder_whole_and_fetch_folder_reads_a_path_in_pla
     dest = tmp_path / "exp" / "weights" / "m"
     put_folder(_folder(tmp_path / "a", {"config.json": "1", "old.bin": "x"}), str(dest))
     put_folder(_folder(tmp_path / "b", {"config.json": "2"}), str(dest))
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json"] and (dest / "config.json").read_text() == "2"
+    assert sorted(p.name for p in dest.iterdir()) == [MARKER, "config.json"] and (dest / "config.json").read_text() == "2"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no staging folder left
     assert fetch_folder(str(dest)) == dest
+    # a folder of the user's at that place is refused and left as it is
+    mine = _folder(tmp_path / "exp" / "weights" / "mine", {"notes.txt": "mine"})
+    with pytest.raises(StorageError, match=r"mine holds files lensray did not put there \(no \.lensray file"):
+        put_folder(tmp_path / "b", str(mine))
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
 
 
 def test_a_folder_put_to_a_bucket_is_fetched_once_into_the_cache(s3, tmp_path, monkeypatch):
@@ -156,9 +161,19 @@ def test_a_folder_put_to_a_bucket_is_fetched_once_into_the_cache(s3, tmp_path, m
     uri = Storage(s3["uri"], "w").uri("weights", "m")
     put_folder(_folder(tmp_path / "a", {"config.json": "1", "old.bin": "x"}), uri)
     put_folder(_folder(tmp_path / "b", {"config.json": "2", "model.safetensors": "w"}), uri)
-    assert sorted(_bucket_files(uri)) == ["config.json", "model.safetensors"]
+    assert sorted(_bucket_files(uri)) == [MARKER, "config.json", "model.safetensors"]
     local = fetch_folder(uri)
     assert local.is_relative_to(tmp_path / "cache") and (local / "model.safetensors").read_text() == "w"
-    assert sorted(p.name for p in local.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in local.iterdir()) == [MARKER, "config.json", "model.safetensors"]
     (local / "config.json").write_text("cached")
     assert fetch_folder(uri) == local and (local / "config.json").read_text() == "cached"  # not downloaded again
+    # a prefix holding a user's files is refused and left as it is
+    theirs = Storage(s3["uri"], "w").uri("weights", "theirs")
+    put_folder(_folder(tmp_path / "c", {"data.csv": "x"}), theirs)
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(theirs)
+    fs.delete_file(f"{path}/{MARKER}")  # as if a user had put data.csv there
+    with pytest.raises(StorageError, match=r"holds files lensray did not put there"):
+        put_folder(tmp_path / "b", theirs)
+    assert _bucket_files(theirs) == ["data.csv"]

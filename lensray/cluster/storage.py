@@ -175,23 +175,46 @@ def _uri_call(uri: str, fn, *args, **kwargs):
         ) from None
 
 
+PUT_OWNER = "lensray put_folder"
+"""What the MARKER of a folder written by `put_folder` holds."""
+
+
 def put_folder(src: Path, dest: str) -> None:
-    """Copy the folder `src` to `dest` (a path or a URI), replacing what `dest` held. A path is
-    written beside it and renamed into place, so a reader never sees half a folder."""
+    """Copy the folder `src` to `dest` (a path or a URI), replacing what `dest` held, and mark it
+    (MARKER). A `dest` that holds files but no marker is a user's: it is refused (StorageError)
+    and left as it is. A path is written beside it and renamed into place, so a reader never
+    sees half a folder."""
     if not is_uri(dest):
         target = Path(dest)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(target.name + ".partial")
+        for folder in (staging, target):
+            _refuse_unmarked(folder, folder.is_dir() and any(folder.iterdir()), (folder / MARKER).is_file())
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(src, staging)
+        (staging / MARKER).write_text(f"{PUT_OWNER}\n")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
         return
     import pyarrow.fs as pafs
 
     fs, path = _uri_call(dest, pafs.FileSystem.from_uri, dest)
+    held = _uri_call(dest, fs.get_file_info, pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    marked = _uri_call(dest, fs.get_file_info, f"{path}/{MARKER}").type == pafs.FileType.File
+    _refuse_unmarked(dest, any(i.type == pafs.FileType.File for i in held), marked)
     _uri_call(dest, fs.delete_dir_contents, path, missing_dir_ok=True)
     _uri_call(dest, pafs.copy_files, str(src), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    with _uri_call(dest, fs.open_output_stream, f"{path}/{MARKER}") as out:
+        out.write(f"{PUT_OWNER}\n".encode())
+
+
+def _refuse_unmarked(where, has_files: bool, marked: bool) -> None:
+    """A StorageError when `where` holds files and no MARKER: lensray did not write it."""
+    if has_files and not marked:
+        raise StorageError(
+            f"{where} holds files lensray did not put there (no {MARKER} file in it): move them, or "
+            "choose another output"
+        )
 
 
 def fetch_folder(src: str) -> Path:
