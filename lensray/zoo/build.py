@@ -81,14 +81,13 @@ best on the aspects.
 
 The mixed task (`mixed_examples`, `zoo:mixed`) serves routing (lensray.stages.route): half
 cipher examples, half aspect reviews written as plain prompt and response under the ``es-sde``
-design, shuffled. Each half is favoured by another pretraining corpus: the ``copy`` models learn
-the cipher first but never saw the reviews' words, the ``text`` models saw the reviews in
-pretraining but learn the cipher late, so after a fine-tune of a few hundred examples each
-finalist is right on a different half and a router that tells the halves apart beats every
-single one. The text models' head start on the reviews is too small for that at these sizes, so
-the routing demo's reviews finalist is a specialist of lensray.zoo.lineages
-(``mistral-text-96.reviews``, whose pretraining is continued on reviews alone). It is derived from the two other tasks' generators and no model is trained on it,
-so it is not part of the config hash: a zoo built before it gains the file on its next build
+design, shuffled. The ``copy`` models learn the cipher from a few hundred examples; the base
+models' head start on the reviews is too small to make them right on the other half at those
+sizes, so the routing demo's reviews finalist is a specialist of lensray.zoo.lineages
+(``mistral-text-96.reviews``, whose pretraining is continued on reviews alone), which answers
+reviews and learns the cipher late. A router that tells the halves apart then beats every single
+finalist. The task is derived from the two other tasks' generators and no model is trained on
+it, so it is not part of the config hash: a zoo built before it gains the file on its next build
 call.
 
 Everything is deterministic given the seed on one machine and software stack (two builds here
