@@ -79,7 +79,8 @@ def check_phases(observations) -> None:
 
 @pytest.mark.slow
 def test_full_finetune_two_workers_zero2(zoo_manifest, ray_local, tmp_path):
-    spec = make_spec(zoo_manifest, tmp_path, num_workers=2, zero_stage=2)
+    # Two workers of 2 examples: the global batch (and the steps per size) of one worker of 4.
+    spec = make_spec(zoo_manifest, tmp_path, num_workers=2, zero_stage=2, micro_batch=2)
     observations = run_probe(spec)
     check_curve(observations, spec)
     assert all(o.extra["zero_stage"] == 2 and not o.extra["lora"] for o in observations)
@@ -89,12 +90,25 @@ def test_full_finetune_two_workers_zero2(zoo_manifest, ray_local, tmp_path):
 @pytest.mark.slow
 def test_lora_two_workers_with_truncated_examples(zoo_manifest, ray_local, tmp_path):
     # max_length 13 < 15 task tokens: every example is truncated (counted), none crashes the probe.
-    spec = make_spec(zoo_manifest, tmp_path, data={"max_length": 13}, num_workers=2, zero_stage=2, lora=True, lr=1e-2)
+    spec = make_spec(zoo_manifest, tmp_path, data={"max_length": 13}, num_workers=2, zero_stage=2, lora=True, lr=2e-3,
+                     epochs=5, micro_batch=2)
     observations = run_probe(spec)
     check_curve(observations, spec)
     extra = observations[0].extra
     assert extra["lora"] and 0 < extra["trainable_params"] < extra["n_params"] / 4
     assert extra["n_truncated"] == 4096 and extra["n_dropped"] == 0
+
+
+@pytest.mark.slow
+def test_every_size_starts_from_the_pretrained_weights(zoo_manifest, ray_local, tmp_path):
+    """The weights are read once per probe and copied for each size: a size fine-tuned after
+    another in one probe (LoRA adapters included) matches the same size probed alone."""
+    kw = {"lora": True, "lr": 1e-2, "ntk_examples": 0}
+    after = run_probe(make_spec(zoo_manifest, tmp_path, data={"sizes": (8, 16)}, **kw))
+    alone = run_probe(make_spec(zoo_manifest, tmp_path, data={"sizes": (16,)}, **kw))
+    assert after[0].loss != after[1].loss
+    assert after[1].loss == pytest.approx(alone[0].loss, rel=1e-6)
+    assert after[1].extra["weight_delta"] == pytest.approx(alone[0].extra["weight_delta"], rel=1e-6)
 
 
 @pytest.mark.slow

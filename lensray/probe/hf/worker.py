@@ -44,7 +44,8 @@ PHASES = {
     "ray_train_start": "from TorchTrainer.fit() to the first line of the worker loop: Ray Train's controller, "
                        "the worker group and the process group (not timed after a restart)",
     "worker_setup": "the worker: torch, transformers and DeepSpeed imported, its rows and tokenizer set up",
-    "model_load": "the pretrained weights loaded and moved to the device (every size starts from them)",
+    "model_load": "the pretrained weights read (first size only), copied and moved to the device (every size "
+                  "starts from them)",
     "zero_shot": "the pretrained model's held-out loss (first size only)",
     "ntk": "the NTK term's per-example gradients (first size only)",
     "deepspeed_init": "deepspeed.initialize: the engine and the optimizer (and its op build, once)",
@@ -226,6 +227,7 @@ class _Worker:
         self.global_batch = cfg.micro_batch * self.world
         self.ntk: NTKStats | None = None
         self.zero_shot: float | None = None
+        self.pristine: tuple[Any, int] | None = None
         self.clock = _Clock()
 
     def agree(self, value: float, op) -> float:
@@ -239,19 +241,24 @@ class _Worker:
         return _evaluate(model, self.eval_rows, self.pad_id, self.cfg.eval_batch, self.rank, self.world, self.torch, self.device)
 
     def load(self) -> tuple[Any, int] | str:
-        """The pretrained model (and its parameter count) on this device, or why it cannot load
-        on some rank (every rank stops together)."""
+        """A fresh copy of the pretrained model (and its parameter count) on this device, or why it
+        cannot load on some rank (every rank stops together). The weights are read once per probe;
+        each size starts from an in-memory copy of them (on the host, so the device holds one model)."""
+        import copy
+
         torch, spec = self.torch, self.spec
-        torch.manual_seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)  # every size (and LoRA's adapters, on every rank) starts alike
         with self.clock.phase("model_load"):
-            try:
-                model, n_params = load_model(spec, torch)
-                load_error = ""
-            except Exception as e:  # corrupt or incompatible weights, peft target mismatch, ...
-                load_error = f"cannot load {spec.model!r} for fine-tuning: {one_line(e)}"
-            if self.agree(float(bool(load_error)), self.dist.ReduceOp.MAX):
-                return load_error or f"cannot load {spec.model!r} on another worker"
-            model.to(self.device)
+            if self.pristine is None:
+                try:
+                    self.pristine = load_model(spec, torch)
+                    load_error = ""
+                except Exception as e:  # corrupt or incompatible weights, peft target mismatch, ...
+                    load_error = f"cannot load {spec.model!r} for fine-tuning: {one_line(e)}"
+                if self.agree(float(bool(load_error)), self.dist.ReduceOp.MAX):
+                    return load_error or f"cannot load {spec.model!r} on another worker"
+            pristine, n_params = self.pristine
+            model = copy.deepcopy(pristine).to(self.device)
         if self.zero_shot is None:
             with self.clock.phase("zero_shot"):
                 self.zero_shot = self.evaluate(model)
@@ -361,7 +368,8 @@ class _Worker:
 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker loop: for each size, reload, fine-tune with DeepSpeed, evaluate, report."""
+    """Ray Train worker loop: for each size, copy the pretrained weights, fine-tune them with
+    DeepSpeed, evaluate, report."""
     entered = time.time()
     import gc
     import logging
@@ -405,7 +413,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         observations.append(obs)
         with worker.clock.phase("checkpoint"):  # counted in the next size's phases
             _report(obs, observations, restarts, worker.rank)
-        del run, model, loaded  # the next size starts again from the pretrained weights
+        del run, model, loaded  # the next size starts again from a copy of the pretrained weights
         gc.collect()
         if config["use_gpu"]:
             torch.cuda.empty_cache()
