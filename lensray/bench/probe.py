@@ -85,6 +85,10 @@ def bench_probe(
         probe=ProbeConfig(num_workers=num_workers, zero_stage=zero_stage, lora=lora, micro_batch=micro_batch,
                           epochs=1, ntk_examples=0, device=device, precision=precision),
     )
+    import ray
+
+    if not ray.is_initialized():  # as in a sweep, Ray is up before the probe starts (not timed)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     start = time.perf_counter()
     observations = run_probe(spec)
     wall = time.perf_counter() - start
