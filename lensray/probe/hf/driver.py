@@ -5,12 +5,12 @@ candidate from its *pretrained* weights (read once, copied in memory for every s
 Ray Train V2 `TorchTrainer` running DeepSpeed (ZeRO 0-2, fp32 or bf16, full fine-tuning or
 LoRA), measures the mean response-token cross-entropy on the fixed held-out set (with
 `metric="task"`: the error of greedy responses to the held-out prompts, scored under the data's
-sample design), and reports one Observation: candidate, size, loss (or error), training
-tokens, FLOPs (6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.probe.hf.ntk) of the
-pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps, the
-weight change, the throughput, the wall time by phase (lensray.probe.hf.worker.PHASES; on a GPU
-also the device and its peak memory) and, with `metric="task"`, the accuracy, F1 and format error
-rate and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
+sample design), and reports one Observation: candidate, size, loss (or error), training tokens,
+FLOPs (6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.probe.hf.ntk) of
+the pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps,
+the weight change, the throughput, the wall time by phase (lensray.probe.hf.worker.PHASES; on a
+GPU also the device and its peak memory) and, with `metric="task"`, the accuracy, F1 and format
+error rate and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
 
 Use it::
 
