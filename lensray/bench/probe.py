@@ -21,7 +21,7 @@ from typing import Any
 
 from lensray.core.errors import ConfigError
 from lensray.data.dataset import DataConfig
-from lensray.probe.hf.driver import run_probe
+from lensray.probe.hf.driver import ensure_ray, run_probe
 from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 from lensray.probe.hf.worker import PHASES, peak_rss_gb
 
@@ -85,10 +85,7 @@ def bench_probe(
         probe=ProbeConfig(num_workers=num_workers, zero_stage=zero_stage, lora=lora, micro_batch=micro_batch,
                           epochs=1, ntk_examples=0, device=device, precision=precision),
     )
-    import ray
-
-    if not ray.is_initialized():  # as in a sweep, Ray is up before the probe starts (not timed)
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray()  # as in a sweep, Ray is up before the probe starts (not timed)
     start = time.perf_counter()
     observations = run_probe(spec)
     wall = time.perf_counter() - start

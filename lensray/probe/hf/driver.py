@@ -71,6 +71,14 @@ POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 """Ray Train's poll interval of its workers (seconds); set to 0.2 unless the user set it."""
 
 
+def ensure_ray() -> None:
+    """Start a quiet local Ray unless this process is already connected to one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
 def _use_gpu(cfg: ProbeConfig) -> bool:
     import ray
 
@@ -101,8 +109,6 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
 
     Raises ProbeError (see the module docstring). Starts a local Ray when none is running.
     """
-    import ray
-
     cfg = spec.probe
     started = time.perf_counter()
     tokenizer = load_tokenizer(spec)
@@ -114,8 +120,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
     largest = data.subset(spec.data.sizes[-1])
     train_rows = list(zip(largest["input_ids"], largest["labels"]))
     eval_rows = list(zip(data.eval["input_ids"], data.eval["labels"]))
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray()
     use_gpu = _use_gpu(cfg)
     loop_config = {
         "spec": spec.to_dict(),
