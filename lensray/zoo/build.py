@@ -42,9 +42,9 @@ fixed secret permutation ``s`` without fixed points, in two sub-tasks (`TASK_KIN
 - a floor that depends on the model: `reverse` is the same substitution behind the mirrored
   alignment, which the fine-tuning data teach slowly, so a model that brings no mirrored
   alignment from pretraining (or does not find it) stays near chance on a third of the
-  examples and its curve flattens near 1.1 instead (2/3 x ~0.5 + 1/3 x ~2; `llama-copy-96`,
-  which learns `translate` only, goes from 1.14 at 512 examples to 1.07 at T in the recording
-  below, while `neox-copy-48` learns both and ends at 0.49).
+  examples and its curve flattens near 1.1 instead (2/3 x ~0.5 + 1/3 x ~2; in the recording
+  below, the `llama-copy-96` of an earlier build, which learned `translate` only, went from 1.14
+  at 512 examples to 1.07 at T, while `neox-copy-48` learns both and ends at 0.49).
 
 The corpora are designed so that the three rankings a selector can use disagree:
 
@@ -66,7 +66,8 @@ model barely moves from its pretrained loss (the pre-power phase), then its loss
 power of D once the steps suffice to learn the substitution (the power phase), and flattens at
 its floor. Each model's curve, recorded with `lensray record` (every size from 32 to T =
 3,840), is in lensray/resources/curves/recorded/zoo-cipher.csv; its README.md gives the
-command, the machine and the losses at T (0.49 to 2.32, the figures above).
+command, the machine, the build it was recorded on and the losses at T (0.49 to 2.32, the
+figures above).
 
 The aspect task (`aspect_examples`, `ASPECT_SCHEMA`) serves sample-design selection: short
 restaurant reviews whose food / service / price sentiment is written as a fine-tuning sample
@@ -165,22 +166,29 @@ class ZooModel:
     """Pretraining corpus: copy, format, text or mix (see the module docstring)."""
     steps: int
     """Pretraining optimizer steps (batch 32)."""
+    lr: float = 3e-3
+    """Peak pretraining learning rate (`_pretrain`'s schedule)."""
 
 
 ZOO: tuple[ZooModel, ...] = (
     ZooModel("llama-text-32", "llama", 32, 2, 2, "text", 300),
     ZooModel("neox-copy-48", "gpt_neox", 48, 2, 4, "copy", 700),
     ZooModel("gpt2-format-48", "gpt2", 48, 2, 4, "format", 900),
-    ZooModel("llama-copy-96", "llama", 96, 3, 4, "copy", 500),
+    ZooModel("llama-copy-96", "llama", 96, 3, 4, "copy", 850, lr=1e-3),
     ZooModel("qwen2-format-96", "qwen2", 96, 3, 4, "format", 600),
     ZooModel("mistral-text-96", "mistral", 96, 3, 4, "text", 800),
     ZooModel("gpt2-mix-128", "gpt2", 128, 3, 4, "mix", 450),
     ZooModel("opt-text-160", "opt", 160, 4, 4, "text", 350),
 )
-"""The pool: 8 models, 6 architectures, ~25k-1.2M parameters, 300-900 pretraining steps."""
+"""The pool: 8 models, 6 architectures, ~25k-1.2M parameters, 300-900 pretraining steps.
+
+llama-copy-96 trains at a third of the others' rate. At theirs, whether it learns to copy at all
+depends on the draw, and so on the CPU the zoo is built on: of four seeds, two stayed at 1.95
+nats on the copy corpus after 500, 1,000 and 1,500 steps. At 1e-3 for 850 steps, all of eight
+seeds learn it (1.23-1.29 nats), and test_zoo's fine-tune on 256 examples takes them to 0.57-1.20,
+below that test's bound of 1.73."""
 
 _BATCH = 32
-_LR = 3e-3
 _ASPECT_EVERY = 4
 """Every 4th pretraining step of a text or mix model is a batch of aspect samples instead ..."""
 _ASPECT_BATCH = 8
@@ -414,10 +422,11 @@ def _model_config(spec: ZooModel, tokenizer) -> Any:
 
 
 def _pretrain(
-    spec: ZooModel, tokenizer, seed: int, n_base: int | None = None, init: Any = None, lr: float = _LR
+    spec: ZooModel, tokenizer, seed: int, n_base: int | None = None, init: Any = None, lr: float | None = None
 ) -> tuple[Any, float, float | None]:
     """Pretrain one model from scratch on its corpus (or continue pretraining `init`, a model of
-    `spec`'s shape, on it: lensray.zoo.lineages), at peak learning rate `lr`; returns (model, mean
+    `spec`'s shape, on it: lensray.zoo.lineages), at peak learning rate `lr` (`spec.lr` when
+    None); returns (model, mean
     loss of its last 50 corpus steps, mean loss of its last 10 aspect steps or None for
     copy/format models).
 
@@ -444,7 +453,7 @@ def _pretrain(
     n_aspect_steps = spec.steps // _ASPECT_EVERY if spec.corpus in ("text", "mix") else 0
     records = aspect_examples(n_aspect_steps * _ASPECT_BATCH, 10**6 + seed)
     designs = all_designs()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr if lr is None else lr, weight_decay=0.01)
     # Linear warm-up over 5% of the steps, then linear decay to 10% of the peak.
     warm = max(1, spec.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -485,7 +494,6 @@ def _config_hash(seed: int) -> str:
             "aspect_every": _ASPECT_EVERY,
             "aspect_batch": _ASPECT_BATCH,
             "batch": _BATCH,
-            "lr": _LR,
         },
         sort_keys=True,
     )

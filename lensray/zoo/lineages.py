@@ -9,8 +9,8 @@ its family (the lineage's root). Three kinds (`KINDS`):
   away from its parent, not a near-duplicate of it;
 - ``noise-copy``: the parent's weights plus Gaussian noise, `NOISE_SCALE` times each weight
   tensor's root mean square: a near-duplicate;
-- ``step-copy``: the parent one optimizer step further on its own corpus, at `STEP_LR`, the rate
-  its pretraining schedule ended at: a near-duplicate.
+- ``step-copy``: the parent one optimizer step further on its own corpus, at `STEP_LR_SHARE` of
+  its peak rate, the rate its pretraining schedule ended at: a near-duplicate.
 
 `LINEAGES`: two children each of llama-text-32, opt-text-160, gpt2-format-48 and gpt2-mix-128
 (three architectures, three corpora), and both copies of mistral-text-96 and opt-text-160.
@@ -78,15 +78,15 @@ from pathlib import Path
 from typing import Any
 
 from lensray.core.errors import StorageError
-from lensray.zoo.build import _LR, ZOO, _claim_zoo, _corpus_doc, _pretrain, load_manifest
+from lensray.zoo.build import ZOO, _claim_zoo, _corpus_doc, _pretrain, load_manifest
 
 KINDS = ("child", "noise-copy", "step-copy")
 """How a derived model is made from its parent (see the module docstring)."""
 LINEAGES_OWNER = "lensray zoo build: lineages"
 """What the marker of the lineages' folder holds (not the zoo's owner: the base zoo is never
 built into it)."""
-STEP_LR = _LR / 10
-"""Learning rate of a step-copy's one step: where the base schedule ends (10% of its peak)."""
+STEP_LR_SHARE = 0.1
+"""A step-copy's one step is at this share of its parent's peak rate: where the base schedule ends."""
 NOISE_SCALE = 0.01
 """A noise-copy's noise, relative to each weight tensor's root mean square."""
 GENE_TEXTS = 512
@@ -164,7 +164,7 @@ def _config_hash(seed: int, zoo_hash: str) -> str:
             "seed": seed,
             "zoo": zoo_hash,
             "lineages": [asdict(m) for m in DERIVED],
-            "step_lr": STEP_LR,
+            "step_lr_share": STEP_LR_SHARE,
             "noise_scale": NOISE_SCALE,
             "gene_texts": GENE_TEXTS,
         },
@@ -214,7 +214,7 @@ def _build_lineage(index: int, zoo_dir: str, parent_path: str, seed: int) -> dic
         corpus, steps = (lineage.corpus, lineage.steps) if child else (spec.corpus, 1)
         model, loss, _ = _pretrain(
             replace(spec, name=lineage.name, corpus=corpus, steps=steps), tokenizer, own_seed,
-            init=model, lr=lineage.lr if child else STEP_LR,
+            init=model, lr=lineage.lr if child else STEP_LR_SHARE * spec.lr,
         )
     path = Path(zoo_dir) / "lineages" / "models" / lineage.name
     model.save_pretrained(path, safe_serialization=True)
