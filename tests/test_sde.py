@@ -86,7 +86,7 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
     from lensray.data.dataset import DataConfig, prepare_data
     from lensray.probe.hf.loading import load_tokenizer
     from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
-    from lensray.probe.hf.worker import _generate
+    from lensray.probe.hf.worker import generate
 
     entry = zoo_manifest["by_name"]["mistral-text-96"]
     spec = ProbeSpec(candidate="m", model=entry["path"], data=DataConfig(
@@ -97,14 +97,14 @@ def test_generation_batched_by_prompt_length_matches_one_prompt_at_a_time(zoo_ma
     assert len({len(p) for p in prompts}) > 1 and len(prompts) > len({len(p) for p in prompts})
     model = AutoModelForCausalLM.from_pretrained(entry["path"])
     cpu = torch.device("cpu")
-    batched = _generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(eval_batch=32), 0, 1, torch, cpu)
-    single = _generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(eval_batch=1), 0, 1, torch, cpu)
+    batched = generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(eval_batch=32), 0, 1, torch, cpu)
+    single = generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(eval_batch=1), 0, 1, torch, cpu)
     assert batched == single and all(tok.eos_token_id not in ids for ids in batched)
     # two ranks split the prompts between them and together generate the same
-    halves = [_generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(), r, 2, torch, cpu) for r in (0, 1)]
+    halves = [generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(), r, 2, torch, cpu) for r in (0, 1)]
     assert halves[0] + halves[1] == batched[0::2] + batched[1::2]
     # a cap on the new tokens holds, and the context is never exceeded
-    short = _generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(max_new_tokens=3), 0, 1, torch, cpu)
+    short = generate(model, prompts, tok.pad_token_id, tok.eos_token_id, ProbeConfig(max_new_tokens=3), 0, 1, torch, cpu)
     assert all(len(ids) <= 3 for ids in short)
 
 

@@ -647,18 +647,27 @@ def judge_outputs(
     return judged
 
 
-def prompt_ids(cfg: DataConfig, tokenizer, query: str) -> list[int]:
-    """The prompt tokens of a query text (a record's `text`, or a plain prompt) under cfg's
-    design and template: the held-out rows' `prompt_ids` for their `query`, and what a served
-    finalist generates from."""
+def rendered_prompt(cfg: DataConfig, query: str) -> str:
+    """The prompt text of a query text (a record's `text`, or a plain prompt) under cfg's design,
+    before the template: what `prompt_ids` encodes."""
     design = cfg.sample_design
     if cfg.schema is not None:
-        prompt = render({"text": query, "targets": {}, "evidence": {}}, design, cfg.schema).prompt
-    elif design is not None:
-        prompt = render_plain(query, "", design, cfg.instruction).prompt
-    else:
-        prompt = query
+        return render({"text": query, "targets": {}, "evidence": {}}, design, cfg.schema).prompt
+    if design is not None:
+        return render_plain(query, "", design, cfg.instruction).prompt
+    return query
+
+
+def encode_prompt(cfg: DataConfig, tokenizer, prompt: str) -> list[int]:
+    """The tokens of a prompt text under cfg's template (plain format or chat), as a training
+    example's prompt is encoded."""
     return _encode(cfg, tokenizer, prompt, "")[0]
+
+
+def prompt_ids(cfg: DataConfig, tokenizer, query: str) -> list[int]:
+    """The prompt tokens of a query text under cfg's design and template: the held-out rows'
+    `prompt_ids` for their `query`, and what a served finalist generates from."""
+    return encode_prompt(cfg, tokenizer, rendered_prompt(cfg, query))
 
 
 def _eval_rows(cfg: DataConfig, tokenizer, ds, held):

@@ -99,19 +99,26 @@ def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
-def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device,
-              timings: list[float] | None = None) -> list[list[int]]:
-    """Greedy responses (token ids up to the end token) to prompts[rank::world]. Prompts of one
-    length are batched together, so no padding enters the model (left padding is handled
-    differently, or not at all, by different architectures). `timings`, when given, receives
-    each response's share of its batch's wall seconds, in the order of the responses."""
+def generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device,
+             timings: list[float] | None = None, samples: int = 1, temperature: float = 0.0,
+             top_p: float = 1.0) -> list[list[int]]:
+    """Responses (token ids up to the end token) to prompts[rank::world]: greedy, or with a
+    `temperature` > 0 `samples` draws each by nucleus sampling (`top_p`), the draws of prompt i
+    at [i * samples, (i + 1) * samples). Prompts of one length are batched together, so no
+    padding enters the model (left padding is handled differently, or not at all, by different
+    architectures). `timings`, when given, receives each prompt's share of its batch's wall
+    seconds, in the order of the prompts."""
     mine = prompts[rank::world]
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(mine):
         by_length.setdefault(len(p), []).append(i)
-    out: list[list[int]] = [[] for _ in mine]
+    out: list[list[int]] = [[] for _ in range(len(mine) * samples)]
     seconds = [0.0] * len(mine)
+    if samples > 1 and temperature <= 0:
+        raise ValueError(f"generate: {samples} samples a prompt need a temperature > 0 (greedy gives one)")
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": samples} \
+        if temperature > 0 else {"do_sample": False}
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -122,13 +129,16 @@ def _generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, 
                 ids = torch.tensor([mine[i] for i in chunk], dtype=torch.long, device=device)
                 start = time.perf_counter()
                 gen = model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
-                    eos_token_id=eos_id, pad_token_id=pad_id,
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
+                    eos_token_id=eos_id, pad_token_id=pad_id, **sampling,
                 )
                 share = (time.perf_counter() - start) / len(chunk)
-                for i, row in zip(chunk, gen[:, n:].tolist()):
-                    out[i] = row[: row.index(eos_id)] if eos_id in row else row
+                drawn = gen[:, n:].tolist()  # the draws of chunk[0], then of chunk[1], ...
+                for k, i in enumerate(chunk):
                     seconds[i] = share
+                    for d in range(samples):
+                        row = drawn[k * samples + d]
+                        out[i * samples + d] = row[: row.index(eos_id)] if eos_id in row else row
     model.train(was_training)
     if timings is not None:
         timings.extend(seconds)
@@ -146,7 +156,7 @@ def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, n_pa
 
     prompts = config["eval_prompts"]
     seconds: list[float] = []
-    mine = _generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch,
+    mine = generate(model, prompts, tokenizer.pad_token_id, tokenizer.eos_token_id, spec.probe, rank, world, torch,
                      device, seconds)
     shares = [(mine, seconds)]
     if world > 1:

@@ -89,11 +89,11 @@ class FinalistModel:
         import torch
 
         from lensray.data.dataset import canonical_answer, prompt_ids
-        from lensray.probe.hf.worker import _generate
+        from lensray.probe.hf.worker import generate
 
         data, tok = self.spec.data, self.tokenizer
         prompts = [prompt_ids(data, tok, q) for q in queries]
-        ids = _generate(self.model, prompts, tok.pad_token_id, tok.eos_token_id, self.spec.probe, 0, 1, torch, self.device)
+        ids = generate(self.model, prompts, tok.pad_token_id, tok.eos_token_id, self.spec.probe, 0, 1, torch, self.device)
         outputs = [tok.decode(x, skip_special_tokens=True) for x in ids]
         return [{"answer": canonical_answer(o, data.sample_design, data.schema), "output": o} for o in outputs]
 
