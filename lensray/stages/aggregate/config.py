@@ -1,0 +1,53 @@
+"""`AggregateConfig`: how proposals are sampled and aggregated (Aggregation Fine-Tuning). Light:
+no torch, transformers or Ray, so the config schema can hold it.
+
+    from lensray.stages.aggregate.config import AggregateConfig
+    cfg = AggregateConfig(k=5, rounds=2, proposers="finalists")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from lensray.core.errors import ConfigError
+
+PROPOSERS = ("self", "finalists")
+"""Where a candidate's training proposals come from: itself (on-policy) or the other finalists
+(off-policy)."""
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """Propose-and-aggregate: K proposals a query, R aggregation rounds (AFT's defaults)."""
+
+    k: int = 5
+    """Proposals sampled per query, and aggregations sampled per query in each round but the last."""
+    rounds: int = 1
+    """Aggregation rounds R: rounds 1..R-1 each sample K aggregations of the previous drafts; round
+    R writes the one final answer greedily. Generations a query: K x R + 1."""
+    temperature: float = 0.7
+    """Sampling temperature of proposals and of the intermediate aggregations."""
+    top_p: float = 0.95
+    """Nucleus sampling's probability mass for the same."""
+    proposers: Literal["self", "finalists"] = "self"
+    """Training proposals from the candidate itself ("self", on-policy) or from the other
+    finalists ("finalists", off-policy, taken in turn from each)."""
+    max_new_tokens: int = 64
+    """Longest proposal or aggregation, in tokens."""
+    batch: int = 16
+    """Prompts per generate call (each with its K samples)."""
+    seed: int = 0
+    """Seed of the sampling (part of the proposal cache's key)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "rounds", "max_new_tokens", "batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"aggregate.{name}={getattr(self, name)}: must be at least 1")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"aggregate.temperature={self.temperature}: must be a positive number, e.g. 0.7")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"aggregate.top_p={self.top_p}: must be in (0, 1], e.g. 0.95")
+        if self.proposers not in PROPOSERS:
+            raise ConfigError(f"aggregate.proposers={self.proposers!r}: must be one of {', '.join(PROPOSERS)}")

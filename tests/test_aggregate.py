@@ -1,0 +1,159 @@
+"""Aggregation Fine-Tuning's parts (lensray.stages.aggregate): the samples (numbering, the loss on
+the target only, K and on/off-policy drafts), sampling proposals and their cache, the rounds of
+propose-and-aggregate with a zoo model, and drafts that do not parse counted as wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+
+from lensray.core.errors import ConfigError, DataError
+from lensray.data.dataset import IGNORE_INDEX, DataConfig, encode_prompt, prepare_data, rendered_prompt
+from lensray.data.design import PRESETS, render
+from lensray.stages.aggregate.config import AggregateConfig
+from lensray.stages.aggregate.samples import aggregation_prompt, aggregation_sample, pick_drafts
+from lensray.zoo.build import ASPECT_SCHEMA, aspect_examples
+
+
+def test_the_prompt_numbers_each_draft_on_its_own_line():
+    prompt = aggregation_prompt("translate : a b ->", ["b c", "c \n d", "d e"])
+    assert prompt == "translate : a b -> \n 1 . b c \n 2 . c d \n 3 . d e \n "
+    with pytest.raises(ValueError, match="at least one draft"):
+        aggregation_prompt("q", [])
+
+
+def test_an_aggregation_sample_learns_the_target_only(tokenizer, tmp_path):
+    design = replace(PRESETS["es-sde"], input_loss="on")
+    rendered = render(aspect_examples(1, seed=0)[0], design, ASPECT_SCHEMA)
+    assert rendered.loss_on_input
+    sample = aggregation_sample(rendered, ["food : good", "food : bad"])
+    assert sample.response == rendered.response and not sample.loss_on_input
+    assert sample.prompt.startswith(rendered.prompt) and " 2 . food : bad " in sample.prompt
+    # Written as data and tokenised the way a probe reads it: labels cover the response tokens only.
+    path = tmp_path / "agg.jsonl"
+    path.write_text("".join(json.dumps({"prompt": sample.prompt, "response": sample.response}) + "\n" for _ in range(8)))
+    data = prepare_data(DataConfig(path=str(path), sizes=(4,), eval_size=2, max_length=128, cache_dir=str(tmp_path / "c")), tokenizer)
+    row = data.train[0]
+    n_prompt = len(encode_prompt(data_cfg := DataConfig(path=str(path), sizes=(4,), eval_size=2), tokenizer, sample.prompt))
+    assert rendered_prompt(data_cfg, sample.prompt) == sample.prompt
+    assert row["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:] and len(row["input_ids"]) > n_prompt
+
+
+PROPOSALS = {"a": [["a1", "a2", "a3"]], "b": [["b1", "b2"]], "c": [["c1"]]}
+
+
+def test_on_policy_drafts_are_the_candidates_own_first_k():
+    assert pick_drafts(PROPOSALS, "a", 0, AggregateConfig(k=2)) == ["a1", "a2"]
+    with pytest.raises(DataError, match="'b' has 2 proposals for query 0, aggregate.k=3 needs 3"):
+        pick_drafts(PROPOSALS, "b", 0, AggregateConfig(k=3))
+
+
+def test_off_policy_drafts_take_the_other_finalists_in_turn_never_the_candidates_own():
+    cfg = AggregateConfig(k=3, proposers="finalists")
+    assert pick_drafts(PROPOSALS, "a", 0, cfg) == ["b1", "c1", "b2"]
+    assert pick_drafts(PROPOSALS, "c", 0, cfg) == ["a1", "b1", "a2"]
+    with pytest.raises(DataError, match="the other finalists have 3 proposals"):
+        pick_drafts(PROPOSALS, "a", 0, AggregateConfig(k=4, proposers="finalists"))
+    with pytest.raises(DataError, match="no finalist but 'a'"):
+        pick_drafts({"a": PROPOSALS["a"]}, "a", 0, cfg)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("k", 0, "aggregate.k=0: must be at least 1"),
+    ("rounds", 0, "aggregate.rounds=0"),
+    ("temperature", 0.0, "aggregate.temperature=0.0: must be a positive number"),
+    ("top_p", 1.5, "aggregate.top_p=1.5"),
+    ("proposers", "others", "aggregate.proposers='others': must be one of self, finalists"),
+])
+def test_a_bad_setting_names_the_field(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        AggregateConfig(**{field: value})
+
+
+def test_a_draft_that_does_not_parse_is_a_wrong_draft_not_an_error():
+    from lensray.stages.aggregate.propose import draft_accuracy
+
+    record = aspect_examples(1, seed=3)[0]
+    right = render(record, PRESETS["es-sde"], ASPECT_SCHEMA).response
+    data = DataConfig(path="unused.jsonl", design="es-sde", schema=ASPECT_SCHEMA)
+    reference = json.dumps(record["targets"])
+    assert draft_accuracy([[right, "{ { : ,", ""], [right]], [reference, reference], data) == [pytest.approx(1 / 3), 1.0]
+
+
+def zoo_model(zoo_manifest, name: str):
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    path = zoo_manifest["by_name"][name]["path"]
+    return path, AutoModelForCausalLM.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def copy_model(zoo_manifest):
+    return zoo_model(zoo_manifest, "llama-copy-96")
+
+
+def _cipher(zoo_manifest, tmp_path):
+    return DataConfig(path=zoo_manifest["task"], sizes=(8,), eval_size=6, max_length=16, cache_dir=str(tmp_path / "c"))
+
+
+def test_proposals_are_k_seeded_samples_cached_per_model_prompts_and_settings(zoo_manifest, tmp_path):
+    from lensray.stages.aggregate.propose import ProposalCache, proposals, sample_texts
+
+    path, model, tok = zoo_model(zoo_manifest, "gpt2-format-48")  # unsure of every symbol: its draws differ
+    data = _cipher(zoo_manifest, tmp_path)
+    prompts = [encode_prompt(data, tok, rendered_prompt(data, q)) for q in ("translate : a b c d e ->", "reverse : p o n m l ->")]
+    cfg = AggregateConfig(k=4, max_new_tokens=6)
+    cache = ProposalCache(tmp_path / "proposals")
+    drawn = proposals(model, tok, path, prompts, cfg, cache)
+    assert [len(d) for d in drawn] == [4, 4] and len(set(drawn[0])) > 1  # sampled, not one greedy answer
+    assert sample_texts(model, tok, prompts, cfg, 4) == drawn  # seeded
+    assert proposals(None, tok, path, prompts, cfg, cache) == drawn  # a hit never touches the model
+    assert len(list(cache.folder.glob("*.json"))) == 1
+    # Another setting, other prompts or a changed model folder sample afresh, each into its own file.
+    proposals(model, tok, path, prompts, AggregateConfig(k=4, max_new_tokens=6, temperature=1.0), cache)
+    proposals(model, tok, path, prompts[:1], cfg, cache)
+    assert len(list(cache.folder.glob("*.json"))) == 3
+    weights = next(p for p in os.scandir(path) if p.name.endswith(".safetensors"))
+    stat = os.stat(weights.path)
+    os.utime(weights.path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    try:
+        proposals(model, tok, path, prompts, cfg, cache)
+    finally:
+        os.utime(weights.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert len(list(cache.folder.glob("*.json"))) == 4 and not list(cache.folder.glob(".*"))
+
+
+def test_each_round_aggregates_the_previous_rounds_drafts(zoo_manifest, copy_model, tmp_path):
+    from lensray.stages.aggregate.propose import aggregate, sample_texts
+
+    _, model, tok = copy_model
+    data = _cipher(zoo_manifest, tmp_path)
+    queries = ["translate : a b c d e ->", "reverse : a b c d e ->"]
+    drafts = [["b c d e f", "c d e f g"], ["e d c b a", "f e d c b"]]
+    cfg = AggregateConfig(k=2, max_new_tokens=6)
+
+    def listing(q, d):
+        return encode_prompt(data, tok, aggregation_prompt(rendered_prompt(data, q), d))
+
+    one = aggregate(model, tok, data, queries, drafts, cfg)
+    assert one == [a[0] for a in sample_texts(model, tok, [listing(q, d) for q, d in zip(queries, drafts)], cfg, 1, greedy=True)]
+    # Two rounds: K sampled aggregations of the drafts, then one greedy aggregation of those.
+    middle = sample_texts(model, tok, [listing(q, d) for q, d in zip(queries, drafts)], cfg, 2)
+    final = [a[0] for a in sample_texts(model, tok, [listing(q, d) for q, d in zip(queries, middle)], cfg, 1, greedy=True)]
+    assert aggregate(model, tok, data, queries, drafts, AggregateConfig(k=2, max_new_tokens=6, rounds=2)) == final
+    assert all(isinstance(a, str) for a in one + final)
+
+
+def test_greedy_generation_gives_one_response_a_prompt(copy_model):
+    import torch
+
+    from lensray.probe.hf.recipe import ProbeConfig
+    from lensray.probe.hf.worker import generate
+
+    _, model, tok = copy_model
+    with pytest.raises(ValueError, match="need a temperature > 0"):
+        generate(model, [[1, 2]], tok.pad_token_id, tok.eos_token_id, ProbeConfig(), 0, 1, torch, torch.device("cpu"), samples=2)
