@@ -426,9 +426,8 @@ def _pretrain(
 ) -> tuple[Any, float, float | None]:
     """Pretrain one model from scratch on its corpus (or continue pretraining `init`, a model of
     `spec`'s shape, on it: lensray.zoo.lineages), at peak learning rate `lr` (`spec.lr` when
-    None); returns (model, mean
-    loss of its last 50 corpus steps, mean loss of its last 10 aspect steps or None for
-    copy/format models).
+    None); returns (model, mean loss of its last 50 corpus steps, mean loss of its last 10
+    aspect steps or None for copy/format models).
 
     The model is initialised with the first `n_base` ids only (the words before the aspect
     task), then its embeddings are grown to the whole vocabulary, so adding words leaves every
