@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ class ProposalCache:
 
     @staticmethod
     def key(model: str, prompts: Sequence[Sequence[int]], cfg: AggregateConfig) -> str:
-        settings = {name: asdict(cfg)[name] for name in SAMPLING_FIELDS}
+        settings = {name: getattr(cfg, name) for name in SAMPLING_FIELDS}
         blob = json.dumps({"model": model_id(model), "prompts": [list(p) for p in prompts], "sampling": settings})
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
