@@ -101,17 +101,20 @@ def _cipher(zoo_manifest, tmp_path):
 
 
 def test_proposals_are_k_seeded_samples_cached_per_model_prompts_and_settings(zoo_manifest, tmp_path):
-    from lensray.stages.aggregate.propose import ProposalCache, proposals, sample_texts
+    from lensray.stages.aggregate.propose import Cost, ProposalCache, proposals, sample_texts
 
     path, model, tok = zoo_model(zoo_manifest, "gpt2-format-48")  # unsure of every symbol: its draws differ
     data = _cipher(zoo_manifest, tmp_path)
     prompts = [encode_prompt(data, tok, rendered_prompt(data, q)) for q in ("translate : a b c d e ->", "reverse : p o n m l ->")]
     cfg = AggregateConfig(k=4, max_new_tokens=6)
     cache = ProposalCache(tmp_path / "proposals")
-    drawn = proposals(model, tok, path, prompts, cfg, cache)
+    sampled, read = Cost(), Cost()
+    drawn = proposals(model, tok, path, prompts, cfg, cache, sampled)
+    assert sampled.generations == 8 and sampled.tokens > 8 * 9 and sampled.flops > 0 and sampled.seconds > 0
     assert [len(d) for d in drawn] == [4, 4] and len(set(drawn[0])) > 1  # sampled, not one greedy answer
     assert sample_texts(model, tok, prompts, cfg, 4) == drawn  # seeded
-    assert proposals(None, tok, path, prompts, cfg, cache) == drawn  # a hit never touches the model
+    assert proposals(None, tok, path, prompts, cfg, cache, read) == drawn  # a hit never touches the model
+    assert read == sampled  # ... and costs what sampling them did
     assert len(list(cache.folder.glob("*.json"))) == 1
     # Another setting, other prompts or a changed model folder sample afresh, each into its own file.
     proposals(model, tok, path, prompts, AggregateConfig(k=4, max_new_tokens=6, temperature=1.0), cache)
@@ -157,3 +160,105 @@ def test_greedy_generation_gives_one_response_a_prompt(copy_model):
     _, model, tok = copy_model
     with pytest.raises(ValueError, match="need a temperature > 0"):
         generate(model, [[1, 2]], tok.pad_token_id, tok.eos_token_id, ProbeConfig(), 0, 1, torch, torch.device("cpu"), samples=2)
+
+
+# The `aggregate` post-sweep stage
+
+STAGE_MODELS = ["llama-copy-96", "neox-copy-48", "gpt2-format-48"]
+
+
+def stage_config(zoo_dir, tmp_path, **over) -> dict:
+    raw = {
+        "name": "aggregated", "backend": "hf", "zoo": str(zoo_dir), "pool": {"models": STAGE_MODELS},
+        "data": {"path": "zoo:task", "max_length": 16, "eval_size": 12},
+        "probe": {"metric": "task", "ntk_examples": 0},
+        "plan": {"sizes": [16, 32, 64], "budget": 64, "target": 512},
+        "scheduler": {"enabled": False}, "stages": {"post": ["aggregate"]},
+        "aggregate": {"finalists": 3, "k": 3, "max_new_tokens": 8}, "output": str(tmp_path),
+    }
+    return raw | over
+
+
+def finished_sweep(cfg, tmp_path):
+    """A Selection of the pool as a sweep would leave it: each candidate's records of the real
+    held-out queries (pretrained models: no weights kept), the first right on every other query."""
+    from lensray.core.types import Observation, Pool
+    from lensray.probe.hf.loading import load_tokenizer
+    from lensray.probe.hf.recipe import ProbeSpec
+    from lensray.report.rank import build_selection
+    from lensray.sweep.record import SweepState
+
+    c = cfg.candidates()[0]
+    ev = prepare_data(cfg.candidate_data(c), load_tokenizer(ProbeSpec(c.name, c.model.path, cfg.candidate_data(c)))).eval
+    obs = {}
+    for k, cand in enumerate(cfg.candidates()):
+        records = [{"id": int(row), "query": q, "correct": int(k == 0 and i % 2 == 0), "answer": "", "output": "",
+                    "tokens": 15, "flops": 100.0 * (k + 1), "latency_s": 0.01} for i, (row, q) in enumerate(zip(ev["row"], ev["query"]))]
+        obs[cand.name] = [Observation(cand.name, s, 1.0 + k - 0.1 * j, flops=s * 1e6,
+                                      extra={"metric": "task", "queries": records}) for j, s in enumerate((16, 32, 64))]
+    return build_selection(cfg, Pool(cfg.candidates()), SweepState(obs, [], {}), {}, wall_s=1.0), ev
+
+
+def test_the_stage_aggregates_the_finalists_proposals_and_reports_both_accuracies_and_costs(zoo_dir, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.data.dataset import judge_outputs
+    from lensray.report.files import write_report
+    from lensray.stages.base import get_stage
+
+    cfg = config_from_dict(stage_config(zoo_dir, tmp_path))
+    selection, ev = finished_sweep(cfg, tmp_path)
+    folder = tmp_path / "aggregated"
+    selection, files = get_stage("post", "aggregate").run(cfg, selection, folder)
+    a = selection.doc["aggregate"]
+    written = json.loads(files[0].read_text())
+    assert files == [folder / "aggregate.json"] and {k: v for k, v in written.items() if k != "per_query"} == a
+    assert a["selected"] == "llama-copy-96" and a["finalists"] == STAGE_MODELS and a["queries"] == 12
+    assert a["proposals_each"] == 1 and a["fine_tuned"] == dict.fromkeys(STAGE_MODELS, False)
+    assert a["accuracy"]["single"] == 0.5 and a["accuracy"]["finalists"]["gpt2-format-48"] == 0.0
+    assert 0 <= a["accuracy"]["aggregated"] <= 1 and all(0 <= v <= 1 for v in a["accuracy"]["drafts"].values())
+    # 3 proposals (one from each finalist) and one greedy aggregation a query
+    cost = a["cost_per_query"]
+    assert cost["aggregated"]["generations"] == 4 and cost["single"] == pytest.approx({"generations": 1, "flops": 100.0, "seconds": 0.01})
+    assert cost["aggregated"]["flops"] > 0 and cost["aggregated"]["seconds"] > 0
+    # A second run reads the proposals from the cache, costs them the same and answers the same.
+    proposal_files = sorted((folder / "aggregate_proposals").glob("*.json"))
+    assert len(proposal_files) == 3
+    again, _ = get_stage("post", "aggregate").run(cfg, finished_sweep(cfg, tmp_path)[0], folder)
+    assert again.doc["aggregate"]["accuracy"] == a["accuracy"]
+    assert again.doc["aggregate"]["cost_per_query"]["aggregated"]["flops"] == cost["aggregated"]["flops"]
+    assert sorted((folder / "aggregate_proposals").glob("*.json")) == proposal_files
+    # Two rounds: 3 sampled aggregations, then the final one.
+    two = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate={"finalists": 3, "k": 3, "max_new_tokens": 8, "rounds": 2}))
+    r2, _ = get_stage("post", "aggregate").run(two, finished_sweep(two, tmp_path)[0], tmp_path / "two")
+    assert r2.doc["aggregate"]["cost_per_query"]["aggregated"]["generations"] == 7
+    text = (write_report(selection, folder)[2]).read_text()
+    assert "## Aggregation (propose, then aggregate)" in text and "| llama-copy-96 alone (greedy) | 0.500 | 1 |" in text
+    # Per query: its drafts, one from each finalist in order, and the answer judged against its reference.
+    per_query = written["per_query"]
+    assert [q["id"] for q in per_query] == sorted(int(r) for r in ev["row"]) and all(len(q["drafts"]) == 3 for q in per_query)
+    refs = dict(zip(ev["row"], ev["reference"]))
+    judged = judge_outputs([q["answer"] for q in per_query], [refs[q["id"]] for q in per_query], None, None)
+    assert [q["correct"] for q in per_query] == [int(r) for r, _ in judged]
+    assert a["accuracy"]["aggregated"] == pytest.approx(sum(q["correct"] for q in per_query) / 12)
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"probe": {"metric": "loss", "ntk_examples": 0}}, "the aggregate stage judges each held-out query's answer, but probe.metric is 'loss'"),
+    ({"aggregate": {"finalists": 1}}, "aggregate.finalists=1: aggregating needs at least 2 finalists"),
+])
+def test_the_stage_checks_its_config_before_anything_runs(zoo_dir, tmp_path, over, match):
+    from lensray.config.load import config_from_dict
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(stage_config(zoo_dir, tmp_path, **over))
+
+
+def test_with_the_stage_every_probe_keeps_its_fine_tuned_weights(zoo_dir, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.probe.hf.backend import BACKEND
+
+    for post, kept in ((["aggregate"], True), (["route", "aggregate"], True), ([], False)):
+        cfg = config_from_dict(stage_config(zoo_dir, tmp_path, stages={"post": post}))
+        spec = BACKEND.spec(cfg, cfg.candidates()[0], [16], "t0")
+        assert bool(spec.probe.weights_path) is kept
+        assert not kept or spec.probe.weights_path.endswith("/weights/llama-copy-96")

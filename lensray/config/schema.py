@@ -20,6 +20,7 @@ from lensray.probe.base import get_backend
 from lensray.probe.hf.recipe import ProbeConfig
 from lensray.stages.base import get_stage
 from lensray.stages.phylo.fingerprint import PhyloConfig
+from lensray.stages.aggregate.config import AggregateConfig
 from lensray.stages.route.config import RouteConfig
 
 NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
@@ -181,6 +182,9 @@ class SelectConfig:
     route: RouteConfig = field(default_factory=RouteConfig)
     """The `route` post-sweep stage (and `lensray route` / `lensray serve`): SelectLLM routing of
     each query to the finalists most likely to answer it, from the probes' per-query results."""
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
+    """The `aggregate` post-sweep stage: the finalists propose K drafts a held-out query and the
+    selected model aggregates them (Aggregation Fine-Tuning's propose-and-aggregate)."""
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     """Replay backend settings."""
     data: DataConfig | None = None
@@ -271,6 +275,10 @@ class SelectConfig:
             from lensray.stages.route.stage import check_route
 
             check_route(self)
+        if "aggregate" in self.stages.post:
+            from lensray.stages.aggregate.stage import check_aggregate
+
+            check_aggregate(self)
         if not NAME_RE.match(self.name):
             raise ConfigError(f"name {self.name!r} must match {NAME_RE.pattern} (it names a folder)")
         names = [m.name for m in self.pool.models]

@@ -25,7 +25,7 @@
 extra as JSON, without the per-query records). `queries.parquet`, when probes kept per-query
 records (probe.metric: task): one row per candidate and held-out query, from the candidate's
 last size (columns candidate, size and lensray.probe.hf.worker.QUERY_FIELDS). `report.md`: the
-same for people, with a Routing section when the `route` stage ran. `curves.png`: points,
+same for people, with a Routing section when the `route` stage ran (an Aggregation section when `aggregate` did). `curves.png`: points,
 fitted extrapolations to T and where candidates were stopped.
 """
 
@@ -50,13 +50,15 @@ RANKED_BY = {
 def write_report(selection: Selection, out_dir: Path) -> list[Path]:
     """Write the report files into out_dir (queries.parquet only when probes kept per-query
     records); returns their paths."""
+    from lensray.stages.aggregate.stage import aggregate_section
     from lensray.stages.route.stage import route_section
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / n for n in ("selection.json", "observations.parquet", "report.md", "curves.png")]
     paths[0].write_text(json.dumps(selection.doc, indent=1) + "\n")
     _write_observations(selection, paths[1])
-    paths[2].write_text(_markdown(selection) + _phylo_section(out_dir) + route_section(selection.doc))
+    paths[2].write_text(_markdown(selection) + _phylo_section(out_dir) + route_section(selection.doc)
+                        + aggregate_section(selection.doc))
     plot_curves(selection, paths[3])
     if _write_queries(selection, out_dir / "queries.parquet"):
         paths.append(out_dir / "queries.parquet")

@@ -16,6 +16,9 @@ from lensray.core.errors import ConfigError
 from lensray.core.types import Candidate, Pool
 from lensray.probe.base import Footprint
 
+KEEPS_WEIGHTS = {"route", "aggregate"}
+"""Post-sweep stages that run the finalists' fine-tuned models: with one configured, every probe
+keeps its latest weights (ProbeConfig.weights_path)."""
 TRIAL_CPU = 0.1
 """CPU an hf trial reserves for itself (its workers reserve their own)."""
 
@@ -60,7 +63,7 @@ class HFBackend:
                 device="cuda" if r.gpus_per_worker > 0 else "cpu", seed=cfg.seed,
                 storage_path=cfg.storage().uri("train"),
                 run_name=f"probe-{candidate.name}-{trial_id}", max_failures=r.max_failures,
-                weights_path=cfg.storage().uri("weights", candidate.name) if "route" in cfg.stages.post else "",
+                weights_path=cfg.storage().uri("weights", candidate.name) if KEEPS_WEIGHTS & set(cfg.stages.post) else "",
             ),
             trust_remote_code=candidate.model.trust_remote_code,
         )

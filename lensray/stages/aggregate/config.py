@@ -22,6 +22,9 @@ PROPOSERS = ("self", "finalists")
 class AggregateConfig:
     """Propose-and-aggregate: K proposals a query, R aggregation rounds (AFT's defaults)."""
 
+    finalists: int = 3
+    """The `aggregate` stage: the ranking's best candidates with per-query results whose
+    proposals the selected model (the first of them) aggregates."""
     k: int = 5
     """Proposals sampled per query, and aggregations sampled per query in each round but the last."""
     rounds: int = 1
@@ -42,7 +45,7 @@ class AggregateConfig:
     """Seed of the sampling (part of the proposal cache's key)."""
 
     def __post_init__(self) -> None:
-        for name in ("k", "rounds", "max_new_tokens", "batch"):
+        for name in ("finalists", "k", "rounds", "max_new_tokens", "batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"aggregate.{name}={getattr(self, name)}: must be at least 1")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):

@@ -41,14 +41,15 @@ def aggregation_sample(sample: RenderedSample, drafts: Sequence[str]) -> Rendere
                           loss_on_input=False)
 
 
-def pick_drafts(proposals: Mapping[str, Sequence[Sequence[str]]], candidate: str, query: int,
+def pick_drafts(proposals: Mapping[str, Sequence[Sequence[str]]], candidate: str | None, query: int,
                 cfg: AggregateConfig) -> list[str]:
     """The K drafts `candidate` reads for query number `query`.
 
     `proposals` maps each model to its proposals, one list per query (at least K each for the
     candidate when on-policy). On-policy ("self"): the candidate's first K. Off-policy
     ("finalists"): the other models' proposals taken in turn (the first of each, then the second
-    of each, ...) until K, the candidate's own never among them.
+    of each, ...) until K, the candidate's own never among them (candidate None: every model's,
+    as the `aggregate` stage lists all the finalists' drafts).
     """
     if cfg.proposers == "self":
         own = proposals.get(candidate)
