@@ -262,3 +262,13 @@ def test_with_the_stage_every_probe_keeps_its_fine_tuned_weights(zoo_dir, tmp_pa
         spec = BACKEND.spec(cfg, cfg.candidates()[0], [16], "t0")
         assert bool(spec.probe.weights_path) is kept
         assert not kept or spec.probe.weights_path.endswith("/weights/llama-copy-96")
+
+
+def test_the_demo_config_loads_with_the_stage():
+    from pathlib import Path
+
+    from lensray.config.load import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "aggregate-demo.yaml")
+    assert cfg.stages.post == ["aggregate"] and cfg.aggregate.k == 5 and cfg.aggregate.finalists == 3
+    assert cfg.probe.metric == "task" and len(cfg.candidates()) == 3

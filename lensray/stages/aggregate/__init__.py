@@ -8,7 +8,10 @@ module::
                target (the loss covers the target only); which drafts a candidate reads
     propose    proposals sampled in batches from a transformers model, cached on disk per
                (model, query set, sampling settings); the rounds of propose-and-aggregate;
-               drafts scored under the data's design (a draft that does not parse is wrong)
+               drafts scored under the data's design (a draft that does not parse is wrong);
+               what each generation cost
+    stage      the `aggregate` post-sweep stage: the finalists propose, the selected model
+               aggregates; aggregate.json and report.md's Aggregation section
 
 Nothing here imports torch, transformers or Ray at module level.
 """
