@@ -174,7 +174,7 @@ def stage_config(zoo_dir, tmp_path, **over) -> dict:
         "probe": {"metric": "task", "ntk_examples": 0},
         "plan": {"sizes": [16, 32, 64], "budget": 64, "target": 512},
         "scheduler": {"enabled": False}, "stages": {"post": ["aggregate"]},
-        "aggregate": {"finalists": 3, "k": 3, "max_new_tokens": 8}, "output": str(tmp_path),
+        "aggregate": {"finalists": 3, "k": 3, "max_new_tokens": 8, "train_size": 0}, "output": str(tmp_path),
     }
     return raw | over
 
@@ -228,7 +228,7 @@ def test_the_stage_aggregates_the_finalists_proposals_and_reports_both_accuracie
     assert again.doc["aggregate"]["cost_per_query"]["aggregated"]["flops"] == cost["aggregated"]["flops"]
     assert sorted((folder / "aggregate_proposals").glob("*.json")) == proposal_files
     # Two rounds: 3 sampled aggregations, then the final one.
-    two = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate={"finalists": 3, "k": 3, "max_new_tokens": 8, "rounds": 2}))
+    two = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate={"finalists": 3, "k": 3, "max_new_tokens": 8, "rounds": 2, "train_size": 0}))
     r2, _ = get_stage("post", "aggregate").run(two, finished_sweep(two, tmp_path)[0], tmp_path / "two")
     assert r2.doc["aggregate"]["cost_per_query"]["aggregated"]["generations"] == 7
     text = (write_report(selection, folder)[2]).read_text()
@@ -272,3 +272,33 @@ def test_the_demo_config_loads_with_the_stage():
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "aggregate-demo.yaml")
     assert cfg.stages.post == ["aggregate"] and cfg.aggregate.k == 5 and cfg.aggregate.finalists == 3
     assert cfg.probe.metric == "task" and len(cfg.candidates()) == 3
+
+
+@pytest.mark.slow
+def test_the_stage_tunes_the_selected_model_to_aggregate_and_scores_it_on_the_same_drafts(zoo_dir, ray_local, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.stages.aggregate.tune import EVAL_ROWS
+    from lensray.stages.base import get_stage
+
+    aggregate = {"finalists": 3, "k": 3, "max_new_tokens": 8, "train_size": 32}
+    cfg = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate=aggregate, probe={"metric": "task", "ntk_examples": 0, "epochs": 1}))
+    folder = tmp_path / "aggregated"
+    selection, _ = get_stage("post", "aggregate").run(cfg, finished_sweep(cfg, tmp_path)[0], folder)
+    a = selection.doc["aggregate"]
+    t = a["tune"]
+    assert t["examples"] == 32 and t["proposers"] == "self" and t["flops"] > 0 and t["proposal_flops"] > 0
+    assert (tmp_path / "aggregated" / "weights" / "llama-copy-96.aggregator").is_dir() and t["weights"].endswith("llama-copy-96.aggregator")
+    assert 0 <= a["accuracy"]["aggregated_tuned"] <= 1
+    assert a["cost_per_query"]["aggregated_tuned"]["generations"] == a["cost_per_query"]["aggregated"]["generations"] == 4
+    # the training samples: training-pool queries (never held out), each listing K of the model's own drafts
+    samples = [json.loads(line) for line in open(folder / "aggregate_train.jsonl")]
+    held = {q["query"] for q in json.loads((folder / "aggregate.json").read_text())["per_query"]}
+    assert len(samples) == 32 + EVAL_ROWS and all(" 3 . " in s["prompt"] and " 4 . " not in s["prompt"] for s in samples)
+    assert not held & {s["prompt"].split(" \n ")[0] for s in samples}
+    per_query = json.loads((folder / "aggregate.json").read_text())["per_query"]
+    assert all(set(q) >= {"answer_tuned", "correct_tuned"} for q in per_query)
+    # another training size is a fine-tune of its own (not a resumed run of the first)
+    bigger = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate=aggregate | {"train_size": 48},
+                                           probe={"metric": "task", "ntk_examples": 0, "epochs": 1}))
+    again, _ = get_stage("post", "aggregate").run(bigger, finished_sweep(bigger, tmp_path)[0], folder)
+    assert again.doc["aggregate"]["tune"]["examples"] == 48

@@ -670,6 +670,21 @@ def prompt_ids(cfg: DataConfig, tokenizer, query: str) -> list[int]:
     return encode_prompt(cfg, tokenizer, rendered_prompt(cfg, query))
 
 
+def _source_rows(cfg: DataConfig, ds, rows: list[int]) -> list[tuple[str, str, str, str]]:
+    """(query, prompt, response, reference) of each source row under cfg's design: the query as a
+    user writes it, the rendered prompt and response, the reference JSON (rows that were usable
+    when tokenised)."""
+    source = ds.select(rows)
+    queries = [str(q) for q in source["text" if cfg.schema is not None else cfg.prompt_field]]
+    return [(q, prompt, response, reference) for q, (_, prompt, response, _, reference) in zip(queries, _samples(cfg, source))]
+
+
+def source_samples(cfg: DataConfig, rows: list[int]) -> list[tuple[str, str, str, str]]:
+    """(query, prompt, response, reference) of the data's source rows `rows` (a PreparedData's
+    `row` column) under cfg's design, as the probe rendered them before tokenising."""
+    return _source_rows(cfg, load_raw(cfg), rows)
+
+
 def _eval_rows(cfg: DataConfig, tokenizer, ds, held):
     """The held-out rows with `query`, `prompt_ids` and `reference` added, rebuilt from their source rows
     (the `row` column) rather than cached, so a cache written before these columns existed
@@ -677,11 +692,8 @@ def _eval_rows(cfg: DataConfig, tokenizer, ds, held):
     import datasets
 
     columns = held[:]
-    source = ds.select(columns["row"])
-    columns["query"] = [str(q) for q in source["text" if cfg.schema is not None else cfg.prompt_field]]
-    columns["prompt_ids"], columns["reference"] = [], []
-    for sample in _samples(cfg, source):
-        _, prompt, response, _, reference = sample  # held rows were usable when tokenised
-        columns["prompt_ids"].append(_encode(cfg, tokenizer, prompt, response)[0])
-        columns["reference"].append(reference)
+    rendered = _source_rows(cfg, ds, columns["row"])
+    columns["query"] = [q for q, _, _, _ in rendered]
+    columns["prompt_ids"] = [_encode(cfg, tokenizer, prompt, response)[0] for _, prompt, response, _ in rendered]
+    columns["reference"] = [reference for _, _, _, reference in rendered]
     return datasets.Dataset.from_dict(columns)

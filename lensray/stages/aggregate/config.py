@@ -37,6 +37,10 @@ class AggregateConfig:
     proposers: Literal["self", "finalists"] = "self"
     """Training proposals from the candidate itself ("self", on-policy) or from the other
     finalists ("finalists", off-policy, taken in turn from each)."""
+    train_size: int = 256
+    """The `aggregate` stage's aggregation fine-tune: training queries (from the data's training
+    pool, each with K proposals under `proposers`) the selected model is tuned on by its probe's
+    recipe; 0 aggregates with the model as probed only."""
     max_new_tokens: int = 64
     """Longest proposal or aggregation, in tokens."""
     batch: int = 16
@@ -48,6 +52,8 @@ class AggregateConfig:
         for name in ("finalists", "k", "rounds", "max_new_tokens", "batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"aggregate.{name}={getattr(self, name)}: must be at least 1")
+        if self.train_size < 0:
+            raise ConfigError(f"aggregate.train_size={self.train_size}: must be 0 (no aggregation fine-tune) or more, e.g. 256")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"aggregate.temperature={self.temperature}: must be a positive number, e.g. 0.7")
         if not 0 < self.top_p <= 1:

@@ -61,6 +61,11 @@ class Cost:
         for name, value in asdict(other).items():
             setattr(self, name, getattr(self, name) + value)
 
+    def __add__(self, other: "Cost") -> "Cost":
+        total = Cost(**asdict(self))
+        total.add(other)
+        return total
+
 
 class ProposalCache:
     """Proposals on disk, one JSON file per key under `folder` (written whole, then renamed, so a

@@ -9,12 +9,20 @@ turn); the selected model, the first finalist, aggregates them for `aggregate.ro
 (lensray.stages.aggregate.propose). Its answers are judged against the references as the
 probes judged theirs, so the single greedy answer (the finalist's own per-query results) and
 the aggregated one are scored alike. Proposals are cached under `aggregate_proposals/` in the
-experiment folder. Files::
+experiment folder.
 
-    aggregate.json      accuracy with and without aggregation, each finalist's own accuracy and
-                        its drafts' accuracy, the cost a query of each (generations, FLOPs,
-                        seconds), and per query its drafts, the aggregated answer and whether
-                        it is right
+With `aggregate.train_size` > 0 (the default) the selected model is also tuned to aggregate
+(AFT's training, lensray.stages.aggregate.tune): on that many queries of the data's training
+pool, each listing K proposals (its own, or the other finalists', by `aggregate.proposers`)
+with the reference as the target, fine-tuned by its probe's recipe and resources
+(`aggregate_train.jsonl`; weights under `<output>/<name>/weights/<candidate>.aggregator`); the
+tuned model then aggregates the same held-out drafts. Files::
+
+    aggregate.json      accuracy with and without aggregation (and with the tuned aggregator),
+                        each finalist's own accuracy and its drafts' accuracy, the cost a
+                        query of each (generations, FLOPs, seconds), the fine-tune's cost and
+                        loss, and per query its drafts, the aggregated answers and whether
+                        each is right
 
 selection.json gains "aggregate" (aggregate.json's content but the per-query records); report.md an
 Aggregation section.
@@ -32,12 +40,17 @@ from lensray.core.errors import ConfigError
 from lensray.core.types import Selection
 from lensray.stages.base import register_stage
 
+from lensray.stages.aggregate.config import AggregateConfig
+from lensray.stages.aggregate.propose import Cost, ProposalCache
+
 if TYPE_CHECKING:
     from lensray.config.schema import SelectConfig
 
 FILES = ("aggregate.json",)
 CACHE = "aggregate_proposals"
 """The proposal cache's folder in the experiment folder."""
+TRAIN_FILE = "aggregate_train.jsonl"
+"""The aggregation fine-tune's samples, in the experiment folder."""
 
 
 def check_aggregate(cfg: SelectConfig) -> None:
@@ -60,14 +73,43 @@ def _references(model, ids: list[int]) -> list[str]:
     return [by_row[i] for i in ids]
 
 
+def _propose(models: dict[str, Any], names: list[str], queries: list[str], cfg: AggregateConfig,
+             cache: ProposalCache, cost: Cost) -> dict[str, list[list[str]]]:
+    """cfg.k proposals to each query from each model of `names`, cached."""
+    from lensray.data.dataset import prompt_ids
+    from lensray.stages.aggregate.propose import proposals
+
+    out = {}
+    for name in names:
+        m = models[name]
+        prompts = [prompt_ids(m.spec.data, m.tokenizer, q) for q in queries]
+        out[name] = proposals(m.model, m.tokenizer, m.spec.model, prompts, cfg, cache, cost)
+    return out
+
+
+def _answer(model, queries: list[str], drafts: list[list[str]], references: list[str], cfg: AggregateConfig
+            ) -> tuple[list[str], list[bool], Cost]:
+    """The aggregated answers of `model` (a FinalistModel), whether each is right, what they cost."""
+    from lensray.data.dataset import judge_outputs
+    from lensray.stages.aggregate.propose import aggregate
+
+    cost = Cost()
+    data = model.spec.data
+    answers = aggregate(model.model, model.tokenizer, data, queries, drafts, cfg, cost)
+    return answers, [r for r, _ in judge_outputs(answers, references, data.sample_design, data.schema)], cost
+
+
+def _per_query(cost: Cost, n: int) -> dict[str, float]:
+    return {"generations": cost.generations / n, "flops": cost.flops / n, "seconds": cost.seconds / n}
+
+
 class AggregateStage:
     """Propose-and-aggregate over the finalists (see the module)."""
 
     name = "aggregate"
 
     def run(self, cfg: SelectConfig, selection: Selection, folder: Path) -> tuple[Selection, list[Path]]:
-        from lensray.data.dataset import judge_outputs, prompt_ids
-        from lensray.stages.aggregate.propose import Cost, ProposalCache, aggregate, draft_accuracy, proposals
+        from lensray.stages.aggregate.propose import draft_accuracy
         from lensray.stages.aggregate.samples import pick_drafts
         from lensray.stages.route.queries import pick_finalists, query_results, route_data
         from lensray.stages.route.serve import FinalistModel
@@ -80,23 +122,13 @@ class AggregateStage:
         finalists = [finalist_of(cfg, n, data, j, results[n].weights) for j, n in enumerate(names)]
         models = {f.name: FinalistModel(f, cfg.probe) for f in finalists}
         ids = [r["id"] for r in results[names[0]].records]
-        references = _references(models[names[0]], ids)
+        selected, n = models[names[0]], data.n
+        references = _references(selected, ids)
         each = math.ceil(ac.k / len(names))
-        share = replace(ac, k=each)
         cache, propose_cost = ProposalCache(folder / CACHE), Cost()
-        drawn = {}
-        for f in finalists:
-            m = models[f.name]
-            prompts = [prompt_ids(m.spec.data, m.tokenizer, q) for q in data.queries]
-            drawn[f.name] = proposals(m.model, m.tokenizer, f.model, prompts, share, cache, propose_cost)
-        offpolicy = replace(ac, proposers="finalists")
-        drafts = [pick_drafts(drawn, None, i, offpolicy) for i in range(data.n)]
-        selected = models[names[0]]
-        aggregate_cost = Cost()
-        answers = aggregate(selected.model, selected.tokenizer, selected.spec.data, data.queries, drafts, ac, aggregate_cost)
-        design, schema = selected.spec.data.sample_design, selected.spec.data.schema
-        right = [r for r, _ in judge_outputs(answers, references, design, schema)]
-        n = data.n
+        drawn = _propose(models, names, data.queries, replace(ac, k=each), cache, propose_cost)
+        drafts = [pick_drafts(drawn, None, i, replace(ac, proposers="finalists")) for i in range(n)]
+        answers, right, aggregate_cost = _answer(selected, data.queries, drafts, references, ac)
         result: dict[str, Any] = {
             "selected": names[0], "finalists": names, "queries": n, "k": ac.k, "rounds": ac.rounds,
             "proposals_each": each,
@@ -106,19 +138,57 @@ class AggregateStage:
                                     for name in names}},
             "cost_per_query": {
                 "single": {"generations": 1, "flops": finalists[0].flops, "seconds": finalists[0].latency_s},
-                "aggregated": {"generations": (propose_cost.generations + aggregate_cost.generations) / n,
-                               "flops": (propose_cost.flops + aggregate_cost.flops) / n,
-                               "seconds": (propose_cost.seconds + aggregate_cost.seconds) / n},
+                "aggregated": _per_query(propose_cost + aggregate_cost, n),
             },
             "fine_tuned": {f.name: f.fine_tuned for f in finalists},
-            "per_query": [{"id": i, "query": q, "drafts": d, "answer": ans, "correct": int(r)}
-                          for i, q, d, ans, r in zip(ids, data.queries, drafts, answers, right)],
         }
+        per_query = [{"id": i, "query": q, "drafts": d, "answer": a, "correct": int(r)}
+                     for i, q, d, a, r in zip(ids, data.queries, drafts, answers, right)]
+        if ac.train_size:
+            tuned = self._tune(cfg, folder, models, finalists[0].model, names, cache)
+            tuned_answers, tuned_right, tuned_cost = _answer(tuned["model"], data.queries, drafts, references, ac)
+            result["accuracy"]["aggregated_tuned"] = sum(tuned_right) / n
+            result["cost_per_query"]["aggregated_tuned"] = _per_query(propose_cost + tuned_cost, n)
+            result["tune"] = tuned["summary"]
+            for q, a, r in zip(per_query, tuned_answers, tuned_right):
+                q["answer_tuned"], q["correct_tuned"] = a, int(r)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / FILES[0]
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        summary = {k: v for k, v in result.items() if k != "per_query"}
-        return Selection({**selection.doc, "aggregate": summary}, selection.observations, selection.fits), [path]
+        path.write_text(json.dumps(result | {"per_query": per_query}, indent=1) + "\n")
+        return Selection({**selection.doc, "aggregate": result}, selection.observations, selection.fits), [path]
+
+    @staticmethod
+    def _tune(cfg: SelectConfig, folder: Path, models: dict[str, Any], source: str, names: list[str],
+              cache: ProposalCache) -> dict[str, Any]:
+        """The selected model (names[0], loaded from `source`: its probe's weights or the pretrained
+        model) tuned on aggregation samples of cfg.aggregate.train_size training queries
+        (lensray.stages.aggregate.tune): {"model": it as a FinalistModel, "summary"}."""
+        from lensray.data.design import RenderedSample
+        from lensray.stages.aggregate.samples import aggregation_sample, pick_drafts
+        from lensray.stages.aggregate.tune import EVAL_ROWS, training_rows, tune_aggregator, write_samples
+        from lensray.stages.route.saved import Finalist
+        from lensray.stages.route.serve import FinalistModel
+
+        ac, name = cfg.aggregate, names[0]
+        selected = models[name]
+        rows = training_rows(selected.spec.data, selected.tokenizer, ac.train_size + EVAL_ROWS)
+        queries = [q for q, _, _, _ in rows]
+        proposers = [name] if ac.proposers == "self" else names[1:]
+        spent = Cost()
+        drawn = _propose(models, proposers, queries, replace(ac, k=math.ceil(ac.k / len(proposers))), cache, spent)
+        samples = [aggregation_sample(RenderedSample(prompt, response, False), pick_drafts(drawn, name, i, ac))
+                   for i, (_, prompt, response, _) in enumerate(rows)]
+        path = write_samples(folder / TRAIN_FILE, samples)
+        config = selected.model.config
+        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
+        longest = selected.spec.data.max_length + ac.k * (ac.max_new_tokens + 3)
+        weights = cfg.storage().uri("weights", f"{name}.aggregator")
+        obs = tune_aggregator(cfg, name, source, selected.spec.data, path, ac.train_size,
+                              min(context, longest), weights)
+        tuned = FinalistModel(Finalist(f"{name}.aggregator", weights, selected.spec.data.to_dict(), fine_tuned=True), cfg.probe)
+        summary = {"examples": ac.train_size, "proposers": ac.proposers, "loss": obs.loss, "flops": obs.flops,
+                   "wall_s": obs.wall_s, "proposal_flops": spent.flops, "weights": weights}
+        return {"model": tuned, "summary": summary}
 
 
 def aggregate_section(doc: dict[str, Any]) -> str:
@@ -136,10 +206,18 @@ def aggregate_section(doc: dict[str, Any]) -> str:
         "| answer | accuracy | generations per query | FLOPs per query | seconds per query |",
         "| --- | --- | --- | --- | --- |",
         f"| {a['selected']} alone (greedy) | {a['accuracy']['single']:.3f} | 1 | {single['flops']:.3g} | {single['seconds']:.3g} |",
-        f"| aggregated | {a['accuracy']['aggregated']:.3f} | {agg['generations']:.1f} | {agg['flops']:.3g} | {agg['seconds']:.3g} |",
-        "",
-        f"Aggregation costs {ratio:.1f}x the FLOPs of the single answer. Details in aggregate.json.", "",
+        f"| aggregated by it as probed | {a['accuracy']['aggregated']:.3f} | {agg['generations']:.1f} | {agg['flops']:.3g} | {agg['seconds']:.3g} |",
     ]
+    if "tune" in a:
+        t, tuned = a["tune"], a["cost_per_query"]["aggregated_tuned"]
+        lines.append(f"| aggregated by it tuned to aggregate | {a['accuracy']['aggregated_tuned']:.3f} | {tuned['generations']:.1f} | "
+                     f"{tuned['flops']:.3g} | {tuned['seconds']:.3g} |")
+    lines += ["", f"Aggregation costs {ratio:.1f}x the FLOPs of the single answer a query."]
+    if "tune" in a:
+        lines.append(f"The aggregation fine-tune: {t['examples']} training queries with drafts from "
+                     f"{'itself' if t['proposers'] == 'self' else 'the other finalists'}, {t['flops']:.3g} FLOPs "
+                     f"({t['proposal_flops']:.3g} more to sample its drafts), held-out loss {t['loss']:.3f}.")
+    lines += ["Details in aggregate.json.", ""]
     return "\n".join(lines)
 
 
