@@ -242,6 +242,16 @@ def test_the_stage_aggregates_the_finalists_proposals_and_reports_both_accuracie
     assert a["accuracy"]["aggregated"] == pytest.approx(sum(q["correct"] for q in per_query) / 12)
 
 
+def test_a_training_size_the_data_cannot_give_names_the_setting(zoo_dir, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.stages.base import get_stage
+
+    cfg = config_from_dict(stage_config(zoo_dir, tmp_path, aggregate={"finalists": 3, "k": 3, "max_new_tokens": 8,
+                                                                      "train_size": 5000}))
+    with pytest.raises(DataError, match=r"aggregate.train_size=5000: the fine-tune takes that many training queries and 16 more"):
+        get_stage("post", "aggregate").run(cfg, finished_sweep(cfg, tmp_path)[0], tmp_path / "aggregated")
+
+
 @pytest.mark.parametrize("over, match", [
     ({"probe": {"metric": "loss", "ntk_examples": 0}}, "the aggregate stage judges each held-out query's answer, but probe.metric is 'loss'"),
     ({"aggregate": {"finalists": 1}}, "aggregate.finalists=1: aggregating needs at least 2 finalists"),

@@ -36,12 +36,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lensray.core.errors import ConfigError
+from lensray.core.errors import ConfigError, DataError
 from lensray.core.types import Selection
-from lensray.stages.base import register_stage
-
 from lensray.stages.aggregate.config import AggregateConfig
 from lensray.stages.aggregate.propose import Cost, ProposalCache
+from lensray.stages.base import register_stage
 
 if TYPE_CHECKING:
     from lensray.config.schema import SelectConfig
@@ -171,7 +170,12 @@ class AggregateStage:
 
         ac, name = cfg.aggregate, names[0]
         selected = models[name]
-        rows = training_rows(selected.spec.data, selected.tokenizer, ac.train_size + EVAL_ROWS)
+        try:
+            rows = training_rows(selected.spec.data, selected.tokenizer, ac.train_size + EVAL_ROWS)
+        except DataError as e:
+            raise DataError(f"aggregate.train_size={ac.train_size}: the fine-tune takes that many training queries "
+                            f"and {EVAL_ROWS} more to hold out, from the data's training pool ({e}); lower "
+                            "aggregate.train_size, or 0 for no aggregation fine-tune") from None
         queries = [q for q, _, _, _ in rows]
         proposers = [name] if ac.proposers == "self" else names[1:]
         spent = Cost()
