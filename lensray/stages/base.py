@@ -40,6 +40,15 @@ STAGES: dict[str, dict[str, PreSweepStage | PostSweepStage]] = {"pre": {}, "post
 """Registered stages by kind and name."""
 
 
+def require_task_probes(cfg: "SelectConfig", uses: str) -> None:
+    """Raise a ConfigError unless cfg's probes keep each held-out query's result (backend hf,
+    probe.metric task): what a post-sweep stage that `uses` them needs, e.g. "the route stage
+    routes on each held-out query's result"."""
+    if cfg.backend != "hf" or cfg.probe.metric != "task":
+        now = f"backend is {cfg.backend!r}" if cfg.backend != "hf" else f"probe.metric is {cfg.probe.metric!r}"
+        raise ConfigError(f"{uses}, but {now}: set backend: hf and probe.metric: task (the probes then keep them)")
+
+
 def register_stage(kind: Kind, stage: PreSweepStage | PostSweepStage) -> None:
     """Make `stage` available to the config's `stages.<kind>`."""
     STAGES[kind][stage.name] = stage

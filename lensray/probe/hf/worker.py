@@ -99,6 +99,12 @@ def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
     return float(total[0] / total[1].clamp(min=1))
 
 
+def model_context(model) -> int | None:
+    """The most positions `model` takes (its config's max_position_embeddings or n_positions), or
+    None when its config names none."""
+    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+
+
 def generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device,
              timings: list[float] | None = None, samples: int = 1, temperature: float = 0.0,
              top_p: float = 1.0) -> list[list[int]]:
@@ -109,7 +115,7 @@ def generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, w
     architectures). `timings`, when given, receives each prompt's share of its batch's wall
     seconds, in the order of the prompts."""
     mine = prompts[rank::world]
-    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    context = model_context(model)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(mine):
         by_length.setdefault(len(p), []).append(i)

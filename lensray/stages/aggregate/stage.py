@@ -40,7 +40,7 @@ from lensray.core.errors import ConfigError, DataError
 from lensray.core.types import Selection
 from lensray.stages.aggregate.config import AggregateConfig
 from lensray.stages.aggregate.propose import Cost, ProposalCache
-from lensray.stages.base import register_stage
+from lensray.stages.base import register_stage, require_task_probes
 
 if TYPE_CHECKING:
     from lensray.config.schema import SelectConfig
@@ -55,10 +55,7 @@ TRAIN_FILE = "aggregate_train.jsonl"
 def check_aggregate(cfg: SelectConfig) -> None:
     """What the stage needs of a config, checked before Ray starts: probes that keep per-query
     results, and two finalists or more."""
-    if cfg.backend != "hf" or cfg.probe.metric != "task":
-        now = f"backend is {cfg.backend!r}" if cfg.backend != "hf" else f"probe.metric is {cfg.probe.metric!r}"
-        raise ConfigError(f"the aggregate stage judges each held-out query's answer, but {now}: set backend: hf "
-                          "and probe.metric: task")
+    require_task_probes(cfg, "the aggregate stage judges each held-out query's answer")
     if cfg.aggregate.finalists < 2:
         raise ConfigError(f"aggregate.finalists={cfg.aggregate.finalists}: aggregating needs at least 2 finalists, e.g. 3")
 
@@ -163,6 +160,7 @@ class AggregateStage:
         model) tuned on aggregation samples of cfg.aggregate.train_size training queries
         (lensray.stages.aggregate.tune): {"model": it as a FinalistModel, "summary"}."""
         from lensray.data.design import RenderedSample
+        from lensray.probe.hf.worker import model_context
         from lensray.stages.aggregate.samples import aggregation_sample, pick_drafts
         from lensray.stages.aggregate.tune import EVAL_ROWS, training_rows, tune_aggregator, write_samples
         from lensray.stages.route.saved import Finalist
@@ -183,8 +181,7 @@ class AggregateStage:
         samples = [aggregation_sample(RenderedSample(prompt, response, False), pick_drafts(drawn, name, i, ac))
                    for i, (_, prompt, response, _) in enumerate(rows)]
         path = write_samples(folder / TRAIN_FILE, samples)
-        config = selected.model.config
-        context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 1024
+        context = model_context(selected.model) or 1024
         longest = selected.spec.data.max_length + ac.k * (ac.max_new_tokens + 3)
         weights = cfg.storage().uri("weights", f"{name}.aggregator")
         obs = tune_aggregator(cfg, name, source, selected.spec.data, path, ac.train_size,

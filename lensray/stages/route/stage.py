@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from lensray.core.errors import ConfigError
 from lensray.core.types import Selection
-from lensray.stages.base import register_stage
+from lensray.stages.base import register_stage, require_task_probes
 
 if TYPE_CHECKING:
     from lensray.config.schema import SelectConfig
@@ -50,12 +50,7 @@ FILES = ("route.json", "route.png")
 def check_route(cfg: SelectConfig) -> None:
     """What routing needs of a config, checked before Ray starts: probes that keep per-query
     results, two finalists or more, and a query in every fold."""
-    if cfg.backend != "hf" or cfg.probe.metric != "task":
-        now = f"backend is {cfg.backend!r}" if cfg.backend != "hf" else f"probe.metric is {cfg.probe.metric!r}"
-        raise ConfigError(
-            f"the route stage routes on each held-out query's result, but {now}: set backend: hf and "
-            "probe.metric: task (the probes then keep them)"
-        )
+    require_task_probes(cfg, "the route stage routes on each held-out query's result")
     if cfg.route.finalists < 2:
         raise ConfigError(f"route.finalists={cfg.route.finalists}: routing needs at least 2 finalists, e.g. 3")
     if cfg.data is not None and cfg.route.folds > cfg.data.eval_size:
