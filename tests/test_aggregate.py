@@ -312,3 +312,99 @@ def test_the_stage_tunes_the_selected_model_to_aggregate_and_scores_it_on_the_sa
                                            probe={"metric": "task", "ntk_examples": 0, "epochs": 1}))
     again, _ = get_stage("post", "aggregate").run(bigger, finished_sweep(bigger, tmp_path)[0], folder)
     assert again.doc["aggregate"]["tune"]["examples"] == 48
+
+
+# The `aggregate` design: Aggregation Fine-Tuning probed and ranked in the sweep
+
+def design_config(zoo_dir, tmp_path, **over) -> dict:
+    raw = {
+        "name": "aft", "backend": "hf", "zoo": str(zoo_dir),
+        "pool": {"models": ["llama-copy-96"], "designs": ["plain", "aggregate"]},
+        "data": {"path": "zoo:task", "max_length": 16, "eval_size": 24},
+        "probe": {"metric": "task", "ntk_examples": 0, "max_new_tokens": 8, "epochs": 2, "lr": 0.002},
+        "plan": {"sizes": [64, 128], "budget": 128, "target": 256},
+        "scheduler": {"enabled": False}, "resources": {"workers": 1, "cpus_per_worker": 0.9},
+        "aggregate": {"k": 3, "max_new_tokens": 8}, "output": str(tmp_path),
+    }
+    return raw | over
+
+
+def test_the_aggregate_design_fine_tunes_on_the_first_designs_samples(zoo_dir, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.probe.hf.backend import BACKEND
+    from lensray.probe.hf.recipe import ProbeSpec
+
+    cfg = config_from_dict(design_config(zoo_dir, tmp_path))
+    plain, aft = cfg.candidates()
+    assert (plain.name, aft.name) == ("llama-copy-96+plain", "llama-copy-96+aggregate")
+    assert cfg.candidate_data(aft) == cfg.candidate_data(plain) and cfg.candidate_data(aft).design == "plain"
+    spec = BACKEND.spec(cfg, aft, [64, 128], "t0")
+    assert spec.aggregate == cfg.aggregate and BACKEND.spec(cfg, plain, [64, 128], "t1").aggregate is None
+    assert ProbeSpec.from_dict(spec.to_dict()) == spec  # what a Tune config carries to the workers
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"pool": {"models": ["llama-copy-96"], "designs": ["aggregate", "plain"]}}, r"pool.designs\[0\]='aggregate'.*list that design first"),
+    ({"probe": {"metric": "loss"}}, "probe.metric"),
+])
+def test_the_aggregate_design_is_checked_before_anything_runs(zoo_dir, tmp_path, over, match):
+    from lensray.config.load import config_from_dict
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(design_config(zoo_dir, tmp_path, **over))
+
+
+def test_a_probe_spec_under_the_aggregate_design_needs_the_task_metric(zoo_manifest, tmp_path):
+    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+
+    with pytest.raises(ValueError, match="ProbeSpec.aggregate.*metric='task'"):
+        ProbeSpec("m+aggregate", "m", _cipher(zoo_manifest, tmp_path), ProbeConfig(metric="loss"), aggregate=AggregateConfig())
+
+
+def test_aggregation_rows_list_the_models_own_k_drafts_and_learn_the_whole_target_only(zoo_manifest, copy_model, tmp_path):
+    from lensray.stages.aggregate.probe import aggregation_rows
+    from lensray.stages.aggregate.propose import Cost, sample_texts
+
+    _, model, tok = copy_model
+    data = _cipher(zoo_manifest, tmp_path)
+    samples = [("translate : a b c d e ->", "b c d e f"), ("reverse : p o n m l ->", "l m n o p")]
+    cfg = AggregateConfig(k=3, max_new_tokens=6)
+    cost = Cost()
+    rows, dropped = aggregation_rows(model, tok, data, samples, cfg, 64, cost)
+    assert dropped == 0 and len(rows) == 2 and cost.generations == 6
+    drafts = sample_texts(model, tok, [encode_prompt(data, tok, p) for p, _ in samples], cfg, 3)  # seeded: the same draws
+    for (ids, labels), (prompt, response), own in zip(rows, samples, drafts):
+        learned = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+        assert tok.decode(learned, skip_special_tokens=True).split() == response.split()
+        assert learned[-1] == tok.eos_token_id and labels == [IGNORE_INDEX] * (len(ids) - len(learned)) + learned
+        assert ids[: len(ids) - len(learned)] == encode_prompt(data, tok, aggregation_prompt(prompt, own))
+    # a listing and target that do not fit are left out whole, never cut
+    short, dropped = aggregation_rows(model, tok, data, samples, cfg, 12, Cost())
+    assert short == [] and dropped == 2
+
+
+@pytest.mark.slow
+def test_a_sweep_ranks_the_aggregate_design_with_a_plain_one_and_verify_scores_it(zoo_dir, ray_local, tmp_path):
+    from lensray.config.load import config_from_dict
+    from lensray.pipeline import run_select
+    from lensray.verify import run_verify
+
+    cfg = config_from_dict(design_config(zoo_dir, tmp_path))
+    sel = run_select(cfg, quiet=True)
+    doc = json.loads((tmp_path / "aft" / "selection.json").read_text())
+    assert doc["ranked_by"] == "error" and {e["candidate"] for e in doc["ranking"]} == {c.name for c in cfg.candidates()}
+    assert all(e["status"] == "finished" and all(0 < x < 1 for x in e["losses"]) for e in doc["ranking"])
+    plain, aft = (sel.observations[c.name] for c in cfg.candidates())
+    for p, a in zip(plain, aft):
+        x = a.extra
+        assert a.loss == x["error_smoothed"] and 0 <= x["greedy_accuracy"] <= 1 and 0 <= x["draft_accuracy"] <= 1
+        assert x["generations_per_query"] == 3 * 1 + 1 and x["aggregate_samples"] + x["aggregate_dropped"] == a.size
+        assert x["aggregate_samples"] > 0 and x["steps"] > p.extra["steps"] and "greedy_accuracy" not in p.extra
+        assert a.flops > p.flops + x["aggregate_draft_flops"] * 0.99  # both passes and the drafts are spent
+        assert len(x["queries"]) == 24 and all(q["tokens"] > 0 for q in x["queries"])
+    result = run_verify(cfg)
+    assert set(result["loss_at_target"]) == {c.name for c in cfg.candidates()}
+    truth = result["loss_at_target"]
+    assert all(0 < e < 1 for e in truth.values()) and 0 < result["fraction_of_full"] < 1
+    # relacc is defined where the candidates' errors at T differ (else every pick is as good)
+    assert result["relacc"] is None if len(set(truth.values())) == 1 else 0 <= result["relacc"] <= 100

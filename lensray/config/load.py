@@ -35,6 +35,7 @@ from lensray.cluster.storage import resolve_output
 from lensray.config.schema import PlanConfig, SelectConfig
 from lensray.core.errors import ConfigError, DataError
 from lensray.data.design import design_from_config
+from lensray.stages.aggregate.config import AGGREGATE_DESIGN
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "resources" / "configs" / "demo.yaml"
 """What `lensray select` runs with no CONFIG: the zoo demo."""
@@ -110,6 +111,9 @@ def _pool_entries(raw: dict) -> None:
         return
     names = []
     for i, d in enumerate(pool["designs"]):
+        if d == AGGREGATE_DESIGN:
+            names.append(d)
+            continue
         try:
             names.append(design_from_config(d).name)
         except ValueError as err:
@@ -119,7 +123,7 @@ def _pool_entries(raw: dict) -> None:
     if isinstance(data, dict):
         if data.get("design"):
             raise ConfigError("data.design and pool.designs are both set: list every design in pool.designs")
-        data["design"] = names[0]
+        data["design"] = names[0] if names[0] != AGGREGATE_DESIGN else ""  # the config's check says why not
 
 
 def output_location(output: str) -> str:

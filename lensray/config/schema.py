@@ -20,7 +20,7 @@ from lensray.probe.base import get_backend
 from lensray.probe.hf.recipe import ProbeConfig
 from lensray.stages.base import get_stage
 from lensray.stages.phylo.fingerprint import PhyloConfig
-from lensray.stages.aggregate.config import AggregateConfig
+from lensray.stages.aggregate.config import AGGREGATE_DESIGN, AggregateConfig
 from lensray.stages.route.config import RouteConfig
 
 NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+=/-]*$")
@@ -36,7 +36,9 @@ class PoolConfig:
     """Sample designs (lensray.data.design) to cross with the models: presets such as `es-sde`,
     design names such as `inst-last.loss-on.json.omit.num.cot`, or mappings of options (turned
     into their names). Each model x design is a Candidate named `<model>+<design>`. Empty = the
-    models alone, each under `data.design`. More than one design needs `probe.metric: task`."""
+    models alone, each under `data.design`. More than one design needs `probe.metric: task`.
+    `aggregate` (after another design) is Aggregation Fine-Tuning on the first design's samples,
+    answered by propose-and-aggregate under the `aggregate` section's K, R and sampling."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,8 @@ class SelectConfig:
         """The data config a candidate's probe fine-tunes on: `data` under its design."""
         if self.data is None or not candidate.design:
             return self.data
-        return dataclasses.replace(self.data, design=candidate.design)
+        design = self.pool.designs[0] if candidate.design == AGGREGATE_DESIGN else candidate.design
+        return dataclasses.replace(self.data, design=design)
 
     def storage(self) -> Storage:
         """Where this experiment's state and files live: `<output>/<name>/`, a folder or a URI."""
@@ -258,8 +261,16 @@ class SelectConfig:
                 f"pool.designs has {len(designs)} designs but probe.metric is {self.probe.metric!r}: held-out "
                 "loss is not comparable across designs (they write different targets); set probe.metric: task"
             )
+        if designs[0] == AGGREGATE_DESIGN:
+            raise ConfigError(
+                f"pool.designs[0]={AGGREGATE_DESIGN!r}: the aggregate design fine-tunes on another design's "
+                f"samples; list that design first, e.g. [es-sde, {AGGREGATE_DESIGN}] (or [plain, "
+                f"{AGGREGATE_DESIGN}] for prompt/response data)"
+            )
         if self.data is not None:
             for i, d in enumerate(designs):
+                if d == AGGREGATE_DESIGN:
+                    continue
                 try:
                     dataclasses.replace(self.data, design=d)
                 except ValueError as err:

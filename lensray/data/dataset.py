@@ -493,29 +493,36 @@ def _samples(cfg: DataConfig, ds):
         yield i, sample.prompt, sample.response, sample.loss_on_input, json.dumps(str(response))
 
 
+def encode_sample(cfg: DataConfig, tokenizer, prompt: str, response: str, loss_on_input: bool,
+                  max_length: int | None = None) -> tuple[list[int], list[int], bool] | None:
+    """(input ids, labels, truncated) of one rendered sample under cfg's template: labels are
+    IGNORE_INDEX on the prompt (with `loss_on_input`: on the first token only, which nothing
+    predicts). Longer than `max_length` (default cfg.max_length): cut to it, or None when
+    cfg.overflow is `drop` or no response token would fit."""
+    limit = cfg.max_length if max_length is None else max_length
+    p, r = _encode(cfg, tokenizer, prompt, response)
+    ids = p + r
+    labels = [IGNORE_INDEX] + ids[1:] if loss_on_input else [IGNORE_INDEX] * len(p) + r
+    if len(ids) <= limit:
+        return ids, labels, False
+    if cfg.overflow == "drop" or len(p) >= limit:
+        return None
+    return ids[:limit], labels[:limit], True
+
+
 def _tokenize_all(cfg: DataConfig, tokenizer, ds) -> tuple[dict[str, list], dict[str, int]]:
     rows: dict[str, list] = {"input_ids": [], "labels": [], "row": []}
     counts = {"n_examples": len(ds), "n_truncated": 0, "n_dropped": 0}
     for sample in _samples(cfg, ds):
-        if sample is None:
+        encoded = None if sample is None else encode_sample(cfg, tokenizer, *sample[1:4])
+        if encoded is None:  # no prompt or response, dropped by request, or no response token fits
             counts["n_dropped"] += 1
             continue
-        i, prompt, response, loss_on_input, _ = sample
-        p, r = _encode(cfg, tokenizer, prompt, response)
-        ids = p + r
-        if loss_on_input:  # position 0 has no token before it to predict it (BOS or chat head)
-            labels = [IGNORE_INDEX] + ids[1:]
-        else:
-            labels = [IGNORE_INDEX] * len(p) + r
-        if len(ids) > cfg.max_length:
-            if cfg.overflow == "drop" or len(p) >= cfg.max_length:
-                counts["n_dropped"] += 1  # dropped by request, or no response token would fit
-                continue
-            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
-            counts["n_truncated"] += 1
+        ids, labels, truncated = encoded
+        counts["n_truncated"] += truncated
         rows["input_ids"].append(ids)
         rows["labels"].append(labels)
-        rows["row"].append(i)
+        rows["row"].append(sample[0])
     return rows, counts
 
 

@@ -15,6 +15,7 @@ from lensray.config.schema import SelectConfig
 from lensray.core.errors import ConfigError
 from lensray.core.types import Candidate, Pool
 from lensray.probe.base import Footprint
+from lensray.stages.aggregate.config import AGGREGATE_DESIGN
 
 KEEPS_WEIGHTS = {"route", "aggregate"}
 """Post-sweep stages that run the finalists' fine-tuned models: with one configured, every probe
@@ -66,6 +67,7 @@ class HFBackend:
                 weights_path=cfg.storage().uri("weights", candidate.name) if KEEPS_WEIGHTS & set(cfg.stages.post) else "",
             ),
             trust_remote_code=candidate.model.trust_remote_code,
+            aggregate=cfg.aggregate if candidate.design == AGGREGATE_DESIGN else None,
         )
 
     def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:

@@ -10,7 +10,9 @@ FLOPs (6 x parameters x tokens) and wall seconds. The LensLLM NTK term (lensray.
 the pretrained model goes in `Observation.extra`, with the zero-shot loss, the optimizer steps,
 the weight change, the throughput, the wall time by phase (lensray.probe.hf.worker.PHASES; on a
 GPU also the device and its peak memory) and, with `metric="task"`, the accuracy, F1 and format
-error rate and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS).
+error rate and one record per held-out query (lensray.probe.hf.worker.QUERY_FIELDS). Under the
+`aggregate` design (`ProbeSpec.aggregate`) each size also tunes on aggregation samples of the
+model's own proposals and is scored by propose-and-aggregate (lensray.stages.aggregate.probe).
 
 Use it::
 
@@ -62,7 +64,7 @@ from typing import Any
 
 from lensray.core.errors import DataError, ProbeError, one_line
 from lensray.core.types import Observation
-from lensray.data.dataset import prepare_data
+from lensray.data.dataset import prepare_data, source_samples
 from lensray.probe.hf.loading import load_tokenizer
 from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
 from lensray.probe.hf.worker import _train_worker
@@ -136,6 +138,9 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
         loop_config["eval_prompts"] = list(data.eval["prompt_ids"])
         loop_config["eval_references"] = list(data.eval["reference"])
         loop_config["eval_queries"] = [[int(i), q] for i, q in zip(data.eval["row"], data.eval["query"])]
+    if spec.aggregate is not None:  # the `aggregate` design samples drafts for its training samples
+        rendered = source_samples(spec.data, list(largest["row"]))
+        loop_config["train_samples"] = [(prompt, response) for _, prompt, response, _ in rendered]
     result = _fit(spec, loop_config, use_gpu)
     payload = result.return_value or {}
     observations = [Observation.from_dict(d) for d in payload.get("observations", [])]

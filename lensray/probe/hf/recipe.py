@@ -12,6 +12,7 @@ from typing import Any
 
 from lensray.data.dataset import DataConfig, check_fields
 from lensray.probe.hf.deepspeed import builtin_deepspeed_template, fill_deepspeed_config
+from lensray.stages.aggregate.config import AggregateConfig
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -150,8 +151,15 @@ class ProbeSpec:
     """How to fine-tune."""
     trust_remote_code: bool = False
     """Let transformers run code shipped with the model (only for candidates that need it)."""
+    aggregate: AggregateConfig | None = None
+    """The `aggregate` design (Aggregation Fine-Tuning): each size fine-tunes plainly, then on
+    aggregation samples of the model's own proposals, and answers by propose-and-aggregate
+    (lensray.stages.aggregate.probe; needs metric task). None: a plain probe."""
 
     def __post_init__(self) -> None:
+        if self.aggregate is not None and self.probe.metric != "task":
+            raise ValueError(f"ProbeSpec.aggregate is set for {self.candidate!r} but ProbeConfig.metric is "
+                             f"{self.probe.metric!r}: propose-and-aggregate is scored by its answers; set metric='task'")
         if not self.candidate:
             raise ValueError("ProbeSpec.candidate is empty: name the candidate")
         if not self.model:
@@ -170,6 +178,7 @@ class ProbeSpec:
             data=d["data"] if isinstance(d.get("data"), DataConfig) else DataConfig.from_dict(d.get("data", {})),
             probe=probe if isinstance(probe, ProbeConfig) else ProbeConfig(**probe),
             trust_remote_code=bool(d.get("trust_remote_code", False)),
+            aggregate=AggregateConfig(**d["aggregate"]) if isinstance(d.get("aggregate"), dict) else d.get("aggregate"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,4 +188,5 @@ class ProbeSpec:
             "data": self.data.to_dict(),
             "probe": asdict(self.probe),
             "trust_remote_code": self.trust_remote_code,
+            "aggregate": asdict(self.aggregate) if self.aggregate is not None else None,
         }

@@ -34,7 +34,8 @@ QUERY_FIELDS = {
     "correct": "1 when the response is right (every target, or an exact match), else 0",
     "answer": "the response's canonical answer (lensray.data.dataset.canonical_answer)",
     "output": "the response as generated",
-    "tokens": "prompt plus generated tokens",
+    "tokens": "prompt plus generated tokens (the `aggregate` design: an equal share of every proposal and "
+              "aggregation's)",
     "flops": "2 x parameters x tokens: one forward pass over each position, the cache keeping the rest",
     "latency_s": "wall seconds of the generation batch it was in, shared equally among its prompts",
 }
@@ -49,7 +50,8 @@ PHASES = {
     "zero_shot": "the pretrained model's held-out loss (first size only)",
     "ntk": "the NTK term's per-example gradients (first size only)",
     "deepspeed_init": "deepspeed.initialize: the engine and the optimizer (and its op build, once)",
-    "train": "the optimizer steps",
+    "propose": "the `aggregate` design: the fine-tuned model's proposals for its training samples",
+    "train": "the optimizer steps (under the `aggregate` design also those on the aggregation samples)",
     "eval": "the held-out loss, and with metric task the generations and their scoring",
     "weights": "the fine-tuned model saved (ProbeConfig.weights_path only)",
     "checkpoint": "the previous size's report to Ray Train, with rank 0's progress checkpoint",
@@ -155,7 +157,9 @@ def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, n_pa
                  device) -> dict[str, Any]:
     """metric=task: every rank generates for its share of the held-out prompts; the outputs are
     gathered and scored against the references under the data's design (lensray.data.dataset),
-    and judged one by one into the per-query records (QUERY_FIELDS)."""
+    and judged one by one into the per-query records (QUERY_FIELDS). Under the `aggregate`
+    design the answers scored are propose-and-aggregate's (`_aggregated`), and the greedy ones'
+    figures are kept beside them."""
     import torch.distributed as dist
 
     from lensray.data.dataset import judge_outputs, score_outputs
@@ -168,27 +172,60 @@ def _task_metric(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, n_pa
     if world > 1:
         shares = [None] * world
         dist.all_gather_object(shares, (mine, seconds))
-    outputs, generated, latency = [""] * len(prompts), [0] * len(prompts), [0.0] * len(prompts)
+    outputs, tokens, latency = [""] * len(prompts), [0.0] * len(prompts), [0.0] * len(prompts)
     for r, (share, share_s) in enumerate(shares):  # rank r generated prompts[r::world]
         for k, (ids, s) in enumerate(zip(share, share_s)):
             i = r + k * world
-            outputs[i], generated[i], latency[i] = tokenizer.decode(ids, skip_special_tokens=True), len(ids), s
+            outputs[i], tokens[i], latency[i] = tokenizer.decode(ids, skip_special_tokens=True), len(prompts[i]) + len(ids), s
     design, schema = spec.data.sample_design, spec.data.schema
+    aggregated: dict[str, Any] = {}
+    if spec.aggregate is not None:
+        greedy = score_outputs(outputs, config["eval_references"], design, schema)
+        outputs, tokens, latency, aggregated = _aggregated(model, spec, config, tokenizer, rank, world, device)
+        aggregated |= {"greedy_error": greedy.error, "greedy_error_smoothed": greedy.smoothed_error,
+                       "greedy_accuracy": greedy.accuracy}
     result = score_outputs(outputs, config["eval_references"], design, schema)
     judged = judge_outputs(outputs, config["eval_references"], design, schema)
     queries = [
         {"id": int(qid), "query": text, "correct": int(right), "answer": answer, "output": output,
-         "tokens": len(p) + g, "flops": 2.0 * n_params * (len(p) + g), "latency_s": s}
-        for (qid, text), p, output, g, s, (right, answer)
-        in zip(config["eval_queries"], prompts, outputs, generated, latency, judged)
+         "tokens": t, "flops": 2.0 * n_params * t, "latency_s": s}
+        for (qid, text), output, t, s, (right, answer)
+        in zip(config["eval_queries"], outputs, tokens, latency, judged)
     ]
     return {
         "metric": "task", "error": result.error, "error_smoothed": result.smoothed_error,
         "accuracy": result.accuracy, "f1": result.f1, "format_error_rate": result.format_error_rate,
-        "scored": result.n, "sample_output": outputs[0], QUERIES_KEY: queries,
+        "scored": result.n, "sample_output": outputs[0], QUERIES_KEY: queries, **aggregated,
     }
 
 
+def _aggregated(model, spec: ProbeSpec, config: dict[str, Any], tokenizer, rank, world, device
+                ) -> tuple[list[str], list[float], list[float], dict[str, Any]]:
+    """The `aggregate` design's answers to the held-out queries (rank 0 proposes and aggregates,
+    lensray.stages.aggregate.probe, and every rank receives them), each query's equal share of
+    the tokens and seconds that took, and its figures for `extra`."""
+    from dataclasses import asdict
+
+    import torch.distributed as dist
+
+    from lensray.stages.aggregate.probe import propose_and_aggregate
+    from lensray.stages.aggregate.propose import Cost, draft_accuracy
+
+    ac = spec.aggregate
+    shared: list[Any] = [None]
+    if rank == 0:
+        cost = Cost()
+        queries = [text for _, text in config["eval_queries"]]
+        answers, drafts = propose_and_aggregate(model, tokenizer, spec.data, queries, config["eval_prompts"], ac, cost)
+        right = draft_accuracy(drafts, config["eval_references"], spec.data)
+        shared = [(answers, asdict(cost), sum(right) / len(right))]
+    if world > 1:
+        dist.broadcast_object_list(shared, src=0, device=device)
+    answers, cost, drafts_right = shared[0]
+    n = len(answers)
+    extra = {"aggregate_k": ac.k, "aggregate_rounds": ac.rounds, "draft_accuracy": drafts_right,
+             "generations_per_query": cost["generations"] / n, "answer_flops_per_query": cost["flops"] / n}
+    return answers, [cost["tokens"] / n] * n, [cost["seconds"] / n] * n, extra
 
 
 class _Clock:
@@ -244,6 +281,8 @@ class _Worker:
         self.ntk: NTKStats | None = None
         self.zero_shot: float | None = None
         self.pristine: tuple[Any, int] | None = None
+        self.aggregation: dict[str, Any] = {}
+        """The `aggregate` design's figures of the size being fine-tuned (train_aggregator)."""
         self.clock = _Clock()
 
     def agree(self, value: float, op) -> float:
@@ -289,47 +328,86 @@ class _Worker:
         """Fine-tune `model` on the first `size` examples with DeepSpeed, or say why it stopped
         (divergence, memory)."""
         import deepspeed
-        import numpy as np
 
-        cfg, torch, dist = self.cfg, self.torch, self.dist
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         before = {n: p.detach().clone() for n, p in trainable}
         with self.clock.phase("deepspeed_init"):
             engine, _, _, _ = deepspeed.initialize(
                 model=model, model_parameters=[p for _, p in trainable], config=self.config["ds_config"]
             )
-        steps = cfg.max_steps or cfg.epochs * math.ceil(size / (self.global_batch * cfg.grad_accum))
-        rng = np.random.default_rng([cfg.seed, size])
+        run = _Train(engine, 0, trainable, before, None, None, 0.0, 0.0)
+        return self.steps(run, self.train_rows[:size], [self.cfg.seed, size], f"size {size}")
+
+    def steps(self, run: _Train, rows: list, seed: list[int], what: str) -> _Train | str:
+        """Continue `run`'s engine for `epochs` passes over `rows` (cfg.max_steps steps when set),
+        in an order drawn from `seed`; `run` counts the steps, tokens and seconds, or the reason
+        it stopped (divergence, memory) is returned."""
+        import numpy as np
+
+        cfg, torch, dist, engine = self.cfg, self.torch, self.dist, run.engine
+        steps = cfg.max_steps or cfg.epochs * math.ceil(len(rows) / (self.global_batch * cfg.grad_accum))
+        rng = np.random.default_rng(seed)
         order: list[int] = []
-        tokens = 0.0
         first_loss = mean_loss = None
         train_start = time.perf_counter()
         engine.train()
         for step in range(steps):
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
-                if len(order) < self.global_batch:  # next epoch(s): a fresh permutation of the subset
-                    order += [int(i) for i in rng.permutation(size)] * math.ceil(self.global_batch / size)
+                if len(order) < self.global_batch:  # next epoch(s): a fresh permutation of the rows
+                    order += [int(i) for i in rng.permutation(len(rows))] * math.ceil(self.global_batch / len(rows))
                 batch_idx, order = order[: self.global_batch], order[self.global_batch :]
-                mine = [self.train_rows[i] for i in batch_idx[self.rank * cfg.micro_batch : (self.rank + 1) * cfg.micro_batch]]
+                mine = [rows[i] for i in batch_idx[self.rank * cfg.micro_batch : (self.rank + 1) * cfg.micro_batch]]
                 ids, mask, labels = _pad(mine, self.pad_id, torch, self.device)
                 loss = engine(input_ids=ids, attention_mask=mask, labels=labels).loss
                 engine.backward(loss)
                 engine.step()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-                tokens += float(mask.sum())
+                run.tokens += float(mask.sum())
             mean_loss = self.agree(step_loss, dist.ReduceOp.SUM) / self.world
             first_loss = mean_loss if first_loss is None else first_loss
             if not math.isfinite(mean_loss) or mean_loss > cfg.diverge_factor * first_loss:
-                return (f"diverged at size {size}, step {step + 1}/{steps}: training loss {mean_loss:.4g} "
+                return (f"diverged at {what}, step {step + 1}/{steps}: training loss {mean_loss:.4g} "
                         f"(first {first_loss:.4g}); lower ProbeConfig.lr={cfg.lr:g}")
             rss = self.agree(peak_rss_gb(), dist.ReduceOp.MAX)
             if cfg.max_rss_gb and rss > cfg.max_rss_gb:
-                return (f"out of memory at size {size}: worker peak RSS {rss:.2f} GB exceeds "
+                return (f"out of memory at {what}: worker peak RSS {rss:.2f} GB exceeds "
                         f"ProbeConfig.max_rss_gb={cfg.max_rss_gb:g}; lower micro_batch or raise the limit")
         train_s = time.perf_counter() - train_start
         self.clock.add("train", train_s)
-        return _Train(engine, steps, trainable, before, first_loss, mean_loss, tokens, train_s)
+        run.steps += steps
+        run.first_loss = first_loss if run.first_loss is None else run.first_loss
+        run.last_loss, run.train_s = mean_loss, run.train_s + train_s
+        return run
+
+    def train_aggregator(self, run: _Train, size: int) -> _Train | str:
+        """The `aggregate` design: the plainly fine-tuned model proposes K drafts for each of the
+        first `size` training samples (rank 0, lensray.stages.aggregate.probe), and `run`
+        continues on their aggregation samples together with the plain ones; or why not."""
+        from dataclasses import asdict
+
+        from lensray.stages.aggregate.probe import aggregation_rows
+        from lensray.stages.aggregate.propose import Cost
+        from lensray.stages.aggregate.samples import aggregation_length
+
+        ac, module = self.spec.aggregate, run.engine.module
+        limit = aggregation_length(self.spec.data.max_length, ac, model_context(module))
+        shared: list[Any] = [None]
+        with self.clock.phase("propose"):
+            if self.rank == 0:
+                cost = Cost()
+                rows, dropped = aggregation_rows(module, self.tokenizer, self.spec.data,
+                                                 self.config["train_samples"][:size], ac, limit, cost)
+                shared = [(rows, dropped, asdict(cost))]
+            if self.world > 1:
+                self.dist.broadcast_object_list(shared, src=0, device=self.device)
+        rows, dropped, cost = shared[0]
+        if not rows:
+            return (f"aggregate design at size {size}: none of the {size} aggregation samples fits in {limit} "
+                    "tokens (the prompt, K drafts and the whole target); lower aggregate.k or aggregate.max_new_tokens")
+        self.aggregation = {"aggregate_samples": len(rows), "aggregate_dropped": dropped,
+                            "aggregate_draft_flops": cost["flops"], "aggregate_draft_s": cost["seconds"]}
+        return self.steps(run, self.train_rows[:size] + rows, [self.cfg.seed, size, 1], f"size {size} (aggregation)")
 
     def observe(self, size: int, n_params: int, run: _Train, restarts: int, start: float) -> dict[str, Any] | str:
         """Evaluate the fine-tuned model: the Observation of `size` (as a dict), or why not."""
@@ -365,6 +443,7 @@ class _Worker:
             "lora": cfg.lora,
             "restarts": restarts,
             **self.config["data_counts"],
+            **self.aggregation,
             **task,
         }
         if self.device.type == "cuda":
@@ -379,7 +458,7 @@ class _Worker:
             }
         return {
             "candidate": self.spec.candidate, "size": size, "loss": task.get("error_smoothed", loss), "tokens": int(tokens),
-            "flops": 6.0 * n_params * tokens, "wall_s": time.perf_counter() - start, "extra": extra,
+            "flops": 6.0 * n_params * tokens + self.aggregation.get("aggregate_draft_flops", 0.0), "wall_s": time.perf_counter() - start, "extra": extra,
         }
 
 
@@ -414,6 +493,8 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
             break
         model, n_params = loaded
         run = worker.train(model, size)
+        if worker.spec.aggregate is not None and not isinstance(run, str):
+            run = worker.train_aggregator(run, size)
         if isinstance(run, str):
             error = run
             break

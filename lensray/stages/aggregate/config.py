@@ -13,6 +13,10 @@ from typing import Literal
 
 from lensray.core.errors import ConfigError
 
+AGGREGATE_DESIGN = "aggregate"
+"""The design name, in `pool.designs`, of Aggregation Fine-Tuning: a candidate under it is fine-tuned
+on the pool's first design's samples, then on aggregation samples of its own proposals, and
+answers by propose-and-aggregate (lensray.stages.aggregate.probe)."""
 PROPOSERS = ("self", "finalists")
 """Where a candidate's training proposals come from: itself (on-policy) or the other finalists
 (off-policy)."""
@@ -35,8 +39,9 @@ class AggregateConfig:
     top_p: float = 0.95
     """Nucleus sampling's probability mass for the same."""
     proposers: Literal["self", "finalists"] = "self"
-    """Training proposals from the candidate itself ("self", on-policy) or from the other
-    finalists ("finalists", off-policy, taken in turn from each)."""
+    """The `aggregate` stage's training proposals: from the selected model itself ("self",
+    on-policy) or from the other finalists ("finalists", off-policy, taken in turn from each). A
+    probe under the `aggregate` design always proposes for itself (no finalists exist yet)."""
     train_size: int = 256
     """The `aggregate` stage's aggregation fine-tune: training queries (from the data's training
     pool, each with K proposals under `proposers`) the selected model is tuned on by its probe's

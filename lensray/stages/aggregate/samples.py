@@ -41,6 +41,13 @@ def aggregation_sample(sample: RenderedSample, drafts: Sequence[str]) -> Rendere
                           loss_on_input=False)
 
 
+def aggregation_length(max_length: int, cfg: AggregateConfig, context: int | None) -> int:
+    """Tokens an aggregation sample may take: the data's `max_length` plus K drafts of
+    cfg.max_new_tokens tokens and their numbers, within the model's `context` (1024 when its
+    config names none)."""
+    return min(context or 1024, max_length + cfg.k * (cfg.max_new_tokens + 3))
+
+
 def pick_drafts(proposals: Mapping[str, Sequence[Sequence[str]]], candidate: str | None, query: int,
                 cfg: AggregateConfig) -> list[str]:
     """The K drafts `candidate` reads for query number `query`.

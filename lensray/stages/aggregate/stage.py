@@ -161,7 +161,7 @@ class AggregateStage:
         (lensray.stages.aggregate.tune): {"model": it as a FinalistModel, "summary"}."""
         from lensray.data.design import RenderedSample
         from lensray.probe.hf.worker import model_context
-        from lensray.stages.aggregate.samples import aggregation_sample, pick_drafts
+        from lensray.stages.aggregate.samples import aggregation_length, aggregation_sample, pick_drafts
         from lensray.stages.aggregate.tune import EVAL_ROWS, training_rows, tune_aggregator, write_samples
         from lensray.stages.route.saved import Finalist
         from lensray.stages.route.serve import FinalistModel
@@ -181,11 +181,9 @@ class AggregateStage:
         samples = [aggregation_sample(RenderedSample(prompt, response, False), pick_drafts(drawn, name, i, ac))
                    for i, (_, prompt, response, _) in enumerate(rows)]
         path = write_samples(folder / TRAIN_FILE, samples)
-        context = model_context(selected.model) or 1024
-        longest = selected.spec.data.max_length + ac.k * (ac.max_new_tokens + 3)
+        limit = aggregation_length(selected.spec.data.max_length, ac, model_context(selected.model))
         weights = cfg.storage().uri("weights", f"{name}.aggregator")
-        obs = tune_aggregator(cfg, name, source, selected.spec.data, path, ac.train_size,
-                              min(context, longest), weights)
+        obs = tune_aggregator(cfg, name, source, selected.spec.data, path, ac.train_size, limit, weights)
         tuned = FinalistModel(Finalist(f"{name}.aggregator", weights, selected.spec.data.to_dict(), fine_tuned=True), cfg.probe)
         summary = {"examples": ac.train_size, "proposers": ac.proposers, "loss": obs.loss, "flops": obs.flops,
                    "wall_s": obs.wall_s, "proposal_flops": spent.flops, "weights": weights}
