@@ -3,7 +3,8 @@
 #   make demo   the main job on its embedded default: `lensray select` on the offline zoo demo
 #   make test   run the test suite (what CI runs, via .ci/run)
 #   make bench  the benchmarks (predictor on recorded curves, the predictor suite, fit speed,
-#               replay sweeps, scale, probe throughput, fingerprint cost, routing), then both demos selected and verified at
+#               replay sweeps, scale, probe throughput, fingerprint cost, routing, propose-and-aggregate), then both
+#               demos selected and verified at
 #               T (out/verify-*.json)
 #   make docs   docs/benchmarks.md from the JSON `make bench` writes to out/bench-*.json and
 #               out/verify-*.json (it runs nothing else: run `make bench` first)
@@ -41,6 +42,9 @@ bench: $(STAMP)
 	$(VENV)/bin/lensray zoo build
 	$(VENV)/bin/lensray select configs/route-demo.yaml --resume --quiet
 	$(VENV)/bin/lensray bench route configs/route-demo.yaml --json out/bench-route.json
+	$(VENV)/bin/lensray select configs/aft-aspects.yaml --resume --quiet
+	$(VENV)/bin/lensray select configs/aft-cipher.yaml --resume --quiet
+	$(VENV)/bin/lensray bench aggregate configs/aft-aspects.yaml configs/aft-cipher.yaml --json out/bench-aggregate.json
 	$(VENV)/bin/lensray select --resume --quiet
 	$(VENV)/bin/lensray verify --json out/verify-demo.json
 	$(VENV)/bin/lensray select configs/sde-demo.yaml --resume --quiet

@@ -14,6 +14,7 @@
     lensray bench curves --suite [--part dev|held-out|all] [--methods M ...] [--json OUT]
     lensray bench select | scale | probe | phylo          sweep quality/cost, scale, probe throughput, fingerprint cost
     lensray bench route CONFIG [--requests N] [--json OUT]   router training/scoring time, serving latency
+    lensray bench aggregate CONFIG ... [--rounds R ...] [--json OUT]   greedy vs propose-and-aggregate per kept model
 
 `--set section.field=value` (the value in YAML) overrides any config field, e.g.
 `--set fit.window=4 --set probe.lr=1e-4 --set pool.models=[a,b]`. Errors in the user's input are
@@ -47,6 +48,7 @@ commands, one example each:
           lensray bench probe --zoo zoo --model llama-copy-96 --workers 1
           lensray bench phylo --models 100
           lensray bench route configs/route-demo.yaml --json out/bench-route.json   (after its `lensray select`)
+          lensray bench aggregate configs/aft-aspects.yaml configs/aft-cipher.yaml   (after their `lensray select`)
 
 Errors in your input are one line naming the field or file and the fix (exit 2).
 """
@@ -181,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     route_b.add_argument("--out", metavar="DIR", help="output folder or storage URI (overrides the config's `output`)")
     route_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     _add_set(route_b)
+    agg_b = bench_sub.add_parser("aggregate", help="each kept model's greedy answer against propose-and-aggregate")
+    agg_b.add_argument("configs", nargs="+", metavar="CONFIG",
+                       help="the selections' YAML, one or more (their probes must have kept their weights)")
+    agg_b.add_argument("--rounds", type=int, nargs="+", default=[1, 2], help="aggregation rounds R measured (default 1 2)")
+    agg_b.add_argument("--out", metavar="DIR", help="output folder or storage URI (overrides the config's `output`)")
+    agg_b.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    _add_set(agg_b)
     probe = bench_sub.add_parser("probe", help="probe throughput (tokens/s), MFU, memory and wall time by phase on this machine")
     probe.add_argument("--zoo", metavar="DIR", default="zoo", help="zoo folder (built if missing)")
     probe.add_argument("--model", default="llama-copy-96",
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench_phylo(args)
         if args.command == "bench" and args.bench == "route":
             return _bench_route(args)
+        if args.command == "bench" and args.bench == "aggregate":
+            return _bench_aggregate(args)
         if args.command == "bench" and args.bench == "curves":
             from lensray.bench.curves import run_bench_curves
 
@@ -354,9 +365,9 @@ def _bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    """The config named on the command line (default: the packaged demo), with --set and --out
-    applied (--out last: it wins over `--set output=...`)."""
+def _load(args: argparse.Namespace, config: str | None = None):
+    """The config named on the command line (or `config`; default: the packaged demo), with --set
+    and --out applied (--out last: it wins over `--set output=...`)."""
     import json
 
     from lensray.config.load import DEMO_CONFIG, load_config
@@ -364,7 +375,7 @@ def _load(args: argparse.Namespace):
     overrides = list(getattr(args, "overrides", None) or [])
     if getattr(args, "out", None):
         overrides.append(f"output={json.dumps(args.out)}")  # a JSON string is YAML: a URI stays one string
-    return load_config(args.config or DEMO_CONFIG, overrides)
+    return load_config(config or args.config or DEMO_CONFIG, overrides)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -413,6 +424,14 @@ def _bench_route(args: argparse.Namespace) -> int:
     from lensray.bench.route import bench_route
 
     _write_json(bench_route(_load(args), args.requests, args.repeats), args.json)
+    return 0
+
+
+def _bench_aggregate(args: argparse.Namespace) -> int:
+    from lensray.bench.aggregate import bench_aggregate
+
+    configs = [_load(args, path) for path in args.configs]  # every config checked before any model runs
+    _write_json({"runs": [bench_aggregate(cfg, args.rounds) for cfg in configs]}, args.json)
     return 0
 
 

@@ -384,12 +384,15 @@ def test_aggregation_rows_list_the_models_own_k_drafts_and_learn_the_whole_targe
 
 
 @pytest.mark.slow
-def test_a_sweep_ranks_the_aggregate_design_with_a_plain_one_and_verify_scores_it(zoo_dir, ray_local, tmp_path):
+def test_a_sweep_ranks_the_aggregate_design_with_a_plain_one_the_bench_answers_alike_and_verify_scores_it(zoo_dir, ray_local, tmp_path):
     from lensray.config.load import config_from_dict
+    from lensray.bench.aggregate import bench_aggregate
     from lensray.pipeline import run_select
     from lensray.verify import run_verify
 
-    cfg = config_from_dict(design_config(zoo_dir, tmp_path))
+    # the stage keeps every probe's weights (it aggregates the two finalists' drafts)
+    cfg = config_from_dict(design_config(zoo_dir, tmp_path, stages={"post": ["aggregate"]},
+                                         aggregate={"k": 3, "max_new_tokens": 8, "finalists": 2, "train_size": 0}))
     sel = run_select(cfg, quiet=True)
     doc = json.loads((tmp_path / "aft" / "selection.json").read_text())
     assert doc["ranked_by"] == "error" and {e["candidate"] for e in doc["ranking"]} == {c.name for c in cfg.candidates()}
@@ -402,6 +405,17 @@ def test_a_sweep_ranks_the_aggregate_design_with_a_plain_one_and_verify_scores_i
         assert x["aggregate_samples"] > 0 and x["steps"] > p.extra["steps"] and "greedy_accuracy" not in p.extra
         assert a.flops > p.flops + x["aggregate_draft_flops"] * 0.99  # both passes and the drafts are spent
         assert len(x["queries"]) == 24 and all(q["tokens"] > 0 for q in x["queries"])
+    # `lensray bench aggregate` answers again from the weights the probes kept: as they scored
+    bench = bench_aggregate(cfg, [1, 2])
+    rows = {row["candidate"]: row for row in bench["candidates"]}
+    plain_name, aft_name = (c.name for c in cfg.candidates())
+    assert set(rows) == {plain_name, aft_name} and rows[aft_name]["design"] == "aggregate"
+    assert rows[aft_name]["greedy"]["accuracy"] == aft[-1].extra["greedy_accuracy"]
+    assert rows[aft_name]["rounds"]["1"]["accuracy"] == aft[-1].extra["accuracy"]
+    assert rows[plain_name]["greedy"]["accuracy"] == plain[-1].extra["accuracy"]
+    for row in rows.values():
+        assert row["rounds"]["1"]["generations"] == 4 and row["rounds"]["2"]["generations"] == 7
+        assert row["rounds"]["2"]["flops_ratio"] > row["rounds"]["1"]["flops_ratio"] > 1
     result = run_verify(cfg)
     assert set(result["loss_at_target"]) == {c.name for c in cfg.candidates()}
     truth = result["loss_at_target"]

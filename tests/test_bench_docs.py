@@ -80,6 +80,22 @@ ROUTE = {"config": "route-demo", "encoder": "hashed", "policy": "max_conf", "que
          "served_fine_tuned": True, "served_matches_offline": 0.984375}
 
 
+def aggregate_row(name, design, greedy, drafts, r1, r2):
+    cost = {"generations": 1.0, "flops": 1.5e7, "seconds": 0.002}
+    return {"candidate": name, "design": design, "queries": 128, "k": 2,
+            "greedy": {"accuracy": greedy, "exact": 0.1, **cost}, "drafts": {"accuracy": drafts, "exact": 0.1},
+            "rounds": {"1": {"accuracy": r1, "exact": 0.1, "generations": 3.0, "flops": 5.8e7, "seconds": 0.004,
+                             "flops_ratio": 3.86},
+                       "2": {"accuracy": r2, "exact": 0.1, "generations": 5.0, "flops": 1.1e8, "seconds": 0.007,
+                             "flops_ratio": 7.58}}}
+
+
+# `bench_aggregate`'s shape, one run per config (lensray/bench/aggregate.py).
+AGGREGATE = {"runs": [{"config": "aft-aspects", "k": 2, "temperature": 0.7, "rounds_measured": [1, 2], "candidates": [
+    aggregate_row("m+aggregate", "aggregate", 0.557, 0.529, 0.531, 0.5312),
+    aggregate_row("m+es-sde", "es-sde", 0.432, 0.389, 0.0, 0.0)]}]}
+
+
 @pytest.fixture(scope="module")
 def curves_result():
     return bench_curves(packaged_curves(), METHODS)
@@ -96,7 +112,7 @@ def page(tmp_path, curves_doc):
     """The generated page from the benches' JSON files, and their paths."""
     paths = {}
     for kind, doc in (("curves", curves_doc), ("select", SELECT), ("scale", SCALE), ("probe", PROBE), ("phylo", PHYLO),
-                      ("route", ROUTE)):
+                      ("route", ROUTE), ("aggregate", AGGREGATE)):
         paths[kind] = tmp_path / f"bench-{kind}.json"
         paths[kind].write_text(json.dumps(doc))
     return docs.generate(list(paths.values())), paths
@@ -216,6 +232,16 @@ def test_scale_and_probe_tables(page):
     assert "| served, 64 single requests | median 35.2 ms, p95 61.0 ms a query |" in route
     assert "| router training | 0.123 s (hashed encoder, 256 queries x 2 finalists) |" in route
     assert "| served answers equal to the evaluation's | 98.4% of 64 (fine-tuned finalists) |" in route
+
+
+def test_the_aggregate_table_puts_each_candidates_greedy_answer_beside_its_aggregations(page):
+    text, paths = page
+    agg = section(text, "## Propose and aggregate (AFT)")
+    assert (f"`lensray bench aggregate configs/aft-aspects.yaml --rounds 1 2 --json {paths['aggregate']}`" in agg)
+    assert "### aft-aspects" in agg and "128 held-out queries, temperature 0.7." in agg
+    assert "| candidate | greedy | drafts (K=2) | R=1 | R=2 | generations / FLOPs x, R=1 | generations / FLOPs x, R=2 |" in agg
+    assert "| `m+aggregate` | 0.557 | 0.529 | 0.531 | 0.531 | 3 / 3.9 | 5 / 7.6 |" in agg
+    assert "| `m+es-sde` | 0.432 | 0.389 | 0.000 | 0.000 | 3 / 3.9 | 5 / 7.6 |" in agg
 
 
 def test_select_baselines_sit_beside_lensray_with_a_summary_per_scheduler(tmp_path):

@@ -1,15 +1,15 @@
 """docs/benchmarks.md from the benchmarks' JSON: every table there is generated, none typed in.
 
-    make bench   # writes out/bench-{curves,suite,select,scale,probe,phylo,route}.json, then selects and verifies
+    make bench   # writes out/bench-{curves,suite,select,scale,probe,phylo,route,aggregate}.json, then selects and verifies
                  # the two demos: out/verify-demo.json, out/verify-sde-demo.json (tens of minutes)
     make docs    # python -m lensray.bench.docs --out docs/benchmarks.md
 
     python -m lensray.bench.docs [--out FILE | --out -] [JSON ...]
 
-The inputs default to the nine files `make bench` writes. Each file is recognised by its shape:
+The inputs default to the ten files `make bench` writes. Each file is recognised by its shape:
 `bench curves`' has "scores", `bench curves --suite`'s "summary" and "targets", `bench scale`'s
 "scheduler_share", `bench probe`'s "tokens_per_s", `bench phylo`'s "share_of_probe",
-`bench route`'s "latency_ms_p95",
+`bench route`'s "latency_ms_p95", `bench aggregate`'s "runs" (each with "rounds_measured"),
 `bench select`'s is {dataset: {gamma: cell}}, and `lensray verify --json`'s has the keys of
 VERIFY_KEYS. There is one file of each bench, and any number of verify files, each a run titled
 by its file stem (`verify-demo`); the command shown for a run is the one `make bench` runs for
@@ -35,7 +35,7 @@ from lensray.bench.curves import budgets, fmt
 from lensray.bench.select import BASELINES, PICKS, ats_at, summary
 from lensray.core.curves import Curves, packaged_curves, read_curves, recorded_curves
 
-KINDS = ("curves", "suite", "select", "scale", "probe", "phylo", "route")
+KINDS = ("curves", "suite", "select", "scale", "probe", "phylo", "route", "aggregate")
 DEFAULT_INPUTS = {kind: Path(f"out/bench-{kind}.json") for kind in KINDS}
 MAKES = {
     "curves": "lensray bench curves --json {path}",
@@ -45,6 +45,7 @@ MAKES = {
     "probe": "lensray bench probe --size 32 64 128 256 --json {path}",
     "phylo": "lensray bench phylo --models 100 --json {path}",
     "route": "lensray bench route configs/route-demo.yaml --json {path}",
+    "aggregate": "lensray bench aggregate configs/aft-aspects.yaml configs/aft-cipher.yaml --json {path}",
 }
 """The command that makes each bench's JSON (as `make bench` runs it), by kind."""
 VERIFY = "verify"
@@ -62,6 +63,7 @@ TITLES = {
     "probe": "Probe throughput",
     "phylo": "Fingerprint cost (PhyloLM)",
     "route": "Routing (SelectLLM) on the mixed task",
+    "aggregate": "Propose and aggregate (AFT)",
     VERIFY: "Demos: the selection against the truth at T",
 }
 FIRST_LINE = (
@@ -95,6 +97,8 @@ def kind_of(doc: Any, path: Path) -> str:
         return "phylo"
     if isinstance(doc, dict) and "latency_ms_p95" in doc:
         return "route"
+    if isinstance(doc, dict) and isinstance(doc.get("runs"), list) and all("rounds_measured" in r for r in doc["runs"]):
+        return "aggregate"
     if isinstance(doc, dict) and doc and all(
         isinstance(cells, dict) and all(isinstance(c, dict) and "fraction_of_all_probes" in c for c in cells.values())
         for cells in doc.values()
@@ -102,7 +106,7 @@ def kind_of(doc: Any, path: Path) -> str:
         return "select"
     raise DocsError(
         f"{path}: not the JSON of a bench (expected what `lensray bench curves [--suite]|select|scale|"
-        "probe|phylo|route --json` or `lensray verify --json` writes)"
+        "probe|phylo|route|aggregate --json` or `lensray verify --json` writes)"
     )
 
 
@@ -545,6 +549,34 @@ def route_section(path: Path, doc: dict) -> list[str]:
 # --- lensray verify ------------------------------------------------------------------------------
 
 
+def aggregate_section(path: Path, doc: dict) -> list[str]:
+    """bench aggregate: per config, each kept candidate's greedy answer, drafts and aggregations."""
+    runs = doc["runs"]
+    rounds = runs[0]["rounds_measured"] if runs else []
+    configs = " ".join(f"configs/{r['config']}.yaml" for r in runs)
+    lines = [
+        (f"Commands: `lensray select CONFIG` for each of {configs}, then `lensray bench aggregate {configs} "
+         f"--rounds {' '.join(map(str, rounds))} --json {path}` (lensray/bench/aggregate.py). Each candidate at its "
+         "probe's last size, on the held-out queries its probe answered; accuracy as the probes score it (every "
+         "aspect of a review counts). A plain design's model aggregates untrained; an `aggregate` design's was "
+         "tuned on aggregation samples of its own proposals. R = rounds; FLOPs x = FLOPs a query / the greedy "
+         "answer's."),
+    ]
+    for run in runs:
+        header = ["candidate", "greedy", f"drafts (K={run['k']})",
+                  *(f"R={r}" for r in run["rounds_measured"]),
+                  *(f"generations / FLOPs x, R={r}" for r in run["rounds_measured"])]
+        rows = [[f"`{c['candidate']}`", f"{c['greedy']['accuracy']:.3f}", f"{c['drafts']['accuracy']:.3f}",
+                 *(f"{c['rounds'][str(r)]['accuracy']:.3f}" for r in run["rounds_measured"]),
+                 *(f"{c['rounds'][str(r)]['generations']:.0f} / {c['rounds'][str(r)]['flops_ratio']:.1f}"
+                   for r in run["rounds_measured"])]
+                for c in run["candidates"]]
+        queries = run["candidates"][0]["queries"] if run["candidates"] else 0
+        lines += ["", f"### {run['config']}", "", f"{queries} held-out queries, temperature {run['temperature']:g}.", "",
+                  *table(header, rows)]
+    return lines
+
+
 def frac3(v: float | None) -> str:
     """A fraction with 3 decimals, as the demos' figures are quoted (n/a for None)."""
     return "n/a" if v is None else f"{v:.3f}"
@@ -611,15 +643,17 @@ def markdown(found: dict[str, tuple[Path, Any]], missing: list[Path]) -> str:
             lines += probe_section(path, doc)
         elif kind == "phylo":
             lines += phylo_section(path, doc)
-        else:
+        elif kind == "route":
             lines += route_section(path, doc)
+        else:
+            lines += aggregate_section(path, doc)
     if runs or missing_runs:
         lines += ["", f"## {TITLES[VERIFY]}", "", *verify_section(runs, missing_runs)]
     return "\n".join(lines) + "\n"
 
 
 def generate(paths: list[Path] | None = None) -> str:
-    """docs/benchmarks.md's text from the JSON files `paths` (default: the nine `make bench` writes)."""
+    """docs/benchmarks.md's text from the JSON files `paths` (default: the ones `make bench` writes)."""
     found, missing = load(paths or [*DEFAULT_INPUTS.values(), *DEFAULT_VERIFY])
     for p in missing:
         print(f"lensray.bench.docs: {missing_line(p)}", file=sys.stderr)

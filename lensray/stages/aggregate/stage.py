@@ -60,7 +60,7 @@ def check_aggregate(cfg: SelectConfig) -> None:
         raise ConfigError(f"aggregate.finalists={cfg.aggregate.finalists}: aggregating needs at least 2 finalists, e.g. 3")
 
 
-def _references(model, ids: list[int]) -> list[str]:
+def held_out_references(model, ids: list[int]) -> list[str]:
     """The held-out references of the query ids, from the finalist's prepared data."""
     from lensray.data.dataset import prepare_data
 
@@ -119,7 +119,7 @@ class AggregateStage:
         models = {f.name: FinalistModel(f, cfg.probe) for f in finalists}
         ids = [r["id"] for r in results[names[0]].records]
         selected, n = models[names[0]], data.n
-        references = _references(selected, ids)
+        references = held_out_references(selected, ids)
         each = math.ceil(ac.k / len(names))
         cache, propose_cost = ProposalCache(folder / CACHE), Cost()
         drawn = _propose(models, names, data.queries, replace(ac, k=each), cache, propose_cost)
