@@ -52,7 +52,7 @@ def bench_candidate(cfg: SelectConfig, results: dict[str, Any], name: str, round
     data = route_data(results, [name])
     model = FinalistModel(finalist_of(cfg, name, data, 0, results[name].weights), cfg.probe)
     ac, queries, n = cfg.aggregate, list(data.queries), data.n
-    references = held_out_references(model, [r["id"] for r in results[name].records])
+    references = held_out_references(model.spec.data, model.tokenizer, [r["id"] for r in results[name].records])
     prompts = [prompt_ids(model.spec.data, model.tokenizer, q) for q in queries]
     greedy_cost, draft_cost = Cost(), Cost()
     as_probed = replace(ac, max_new_tokens=cfg.probe.max_new_tokens)  # the greedy answer its probe scored

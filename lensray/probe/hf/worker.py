@@ -102,9 +102,10 @@ def _evaluate(model, rows, pad_id, batch, rank, world, torch, device) -> float:
 
 
 def model_context(model) -> int | None:
-    """The most positions `model` takes (its config's max_position_embeddings or n_positions), or
-    None when its config names none."""
-    return getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    """The most positions `model` (or its transformers config) takes: the config's
+    max_position_embeddings or n_positions, or None when it names neither."""
+    config = getattr(model, "config", model)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
 def generate(model, prompts, pad_id: int, eos_id: int, cfg: ProbeConfig, rank, world, torch, device,
