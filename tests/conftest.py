@@ -55,12 +55,13 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray for the module (2 logical CPUs; dashboard on 127.0.0.1, as `lensray select`
+    """A local Ray for the module, shut down after it (2 logical CPUs; dashboard on 127.0.0.1, as `lensray select`
     starts it, so Ray Train can free a stopped probe's placement group)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-    return ray
+    yield ray
+    ray.shutdown()  # no module's Ray outlives it: the cluster tests start their own on this machine
 
 
 @pytest.fixture(scope="module", autouse=True)

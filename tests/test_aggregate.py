@@ -5,6 +5,7 @@ propose-and-aggregate with a zoo model, and drafts that do not parse counted as 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import replace
 
@@ -381,6 +382,24 @@ def test_aggregation_rows_list_the_models_own_k_drafts_and_learn_the_whole_targe
     # a listing and target that do not fit are left out whole, never cut
     short, dropped = aggregation_rows(model, tok, data, samples, cfg, 12, Cost())
     assert short == [] and dropped == 2
+
+
+@pytest.mark.slow
+def test_with_two_workers_rank_0_proposes_and_every_rank_trains_on_its_aggregation_samples(zoo_manifest, ray_local, tmp_path):
+    from lensray.probe.hf.driver import run_probe
+    from lensray.probe.hf.recipe import ProbeConfig, ProbeSpec
+
+    data = replace(_cipher(zoo_manifest, tmp_path), sizes=(32,), eval_size=8)
+    spec = ProbeSpec("llama-copy-96+aggregate", zoo_manifest["by_name"]["llama-copy-96"]["path"], data,
+                     ProbeConfig(metric="task", num_workers=2, cpus_per_worker=0.9, micro_batch=4, epochs=1,
+                                 max_new_tokens=8, ntk_examples=0, storage_path=str(tmp_path / "runs")),
+                     aggregate=AggregateConfig(k=2, max_new_tokens=8))
+    [obs] = run_probe(spec)
+    x = obs.extra
+    assert x["num_workers"] == 2 and x["aggregate_samples"] + x["aggregate_dropped"] == 32 and x["aggregate_samples"] > 0
+    # one epoch at a global batch of 8: the plain pass, then the plain and aggregation samples together
+    assert x["steps"] == 32 // 8 + math.ceil((32 + x["aggregate_samples"]) / 8)
+    assert x["generations_per_query"] == 3 and len(x["queries"]) == 8 and 0 <= x["greedy_accuracy"] <= 1
 
 
 @pytest.mark.slow

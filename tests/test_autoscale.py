@@ -55,6 +55,10 @@ def autoscaling_config(gcs: str) -> dict:
 
 @pytest.fixture(scope="module")
 def autoscaling_cluster(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():  # a local Ray an earlier module left: this cluster is the machine's only one
+        ray.shutdown()
     token = secrets.token_hex(16)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_FAKE_CLUSTER": "1",
            "AUTOSCALER_UPDATE_INTERVAL_S": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -92,6 +96,17 @@ def monitor_tail(cluster: dict, lines: int = 80) -> str:
     return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:]) if logs else "(no monitor.log)"
 
 
+def holders(cluster: dict) -> str:
+    """The cluster's live actors and placement groups (Ray's state API): what holds a node's CPUs."""
+    env = {**cluster["env"], "RAY_ADDRESS": cluster["url"]}
+    out = []
+    for what in (["actors", "--filter", "state=ALIVE"], ["placement-groups"], ["jobs"]):
+        done = subprocess.run([str(BIN / "ray"), "list", *what, "--detail", "--format", "yaml"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        out.append(f"$ ray list {' '.join(what)}\n{done.stdout[-4000:]}{done.stderr[-1000:]}")
+    return "\n".join(out)
+
+
 def alive_nodes(cluster: dict) -> int:
     req = Request(f"{cluster['url']}/nodes?view=summary", headers={"Authorization": f"Bearer {cluster['env']['RAY_AUTH_TOKEN']}"})
     doc = json.loads(urlopen(req, timeout=5).read())
@@ -112,10 +127,12 @@ def test_probes_needing_a_node_type_not_up_make_the_autoscaler_add_it_then_remov
     driver = subprocess.Popen([str(BIN / "lensray"), "select", str(cfg), "--out", str(out)],
                               env={**cluster["env"], "RAY_ADDRESS": cluster["gcs"]},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    most, deadline = 1, time.time() + 600
+    started = time.time()
+    most, deadline = 1, started + 600
     while driver.poll() is None and time.time() < deadline:
         most = max(most, alive_nodes(cluster))
         time.sleep(1)
+    driver_s = time.time() - started
     logs = driver.communicate(timeout=max(1, deadline - time.time()))[0]
     assert driver.returncode == 0, logs[-3000:]
     assert most >= 2, "the autoscaler never added a worker node"
@@ -127,4 +144,5 @@ def test_probes_needing_a_node_type_not_up_make_the_autoscaler_add_it_then_remov
     try:
         wait_until(lambda: alive_nodes(cluster) == 1, deadline, step_s=2.0)
     except AssertionError:
-        raise AssertionError(f"idle worker nodes were not removed; the autoscaler's log ends:\n{monitor_tail(cluster)}") from None
+        raise AssertionError(f"idle worker nodes were not removed (the driver took {driver_s:.0f} s); what holds "
+                             f"them:\n{holders(cluster)}\nthe autoscaler's log ends:\n{monitor_tail(cluster, 30)}") from None

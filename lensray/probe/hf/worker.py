@@ -459,7 +459,8 @@ class _Worker:
             }
         return {
             "candidate": self.spec.candidate, "size": size, "loss": task.get("error_smoothed", loss), "tokens": int(tokens),
-            "flops": 6.0 * n_params * tokens + self.aggregation.get("aggregate_draft_flops", 0.0), "wall_s": time.perf_counter() - start, "extra": extra,
+            "flops": 6.0 * n_params * tokens + self.aggregation.get("aggregate_draft_flops", 0.0),
+            "wall_s": time.perf_counter() - start, "extra": extra,
         }
 
 
