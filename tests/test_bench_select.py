@@ -78,8 +78,9 @@ def test_the_table_shows_each_baseline_and_a_summary_line_per_scheduler():
 
 @pytest.mark.slow
 def test_tune_schedulers_run_through_the_hook_and_stop_trials(tmp_path):
-    # 6 candidates, best first (Tune starts the trials in this order, so the later, worse ones
-    # meet a rung or a median they lose to), 4 sizes up to B and the truth at T.
+    # 6 candidates, best first, 4 sizes up to B and the truth at T. Two probes at a time: Tune
+    # starts the trials in this order, so the later, worse ones meet a rung or a median they
+    # lose to (with all six at once, which reports first is a race and may stop none).
     import numpy as np
 
     from lensray.pipeline import run_select
@@ -90,7 +91,8 @@ def test_tune_schedulers_run_through_the_hook_and_stop_trials(tmp_path):
     curves = read_curves(path)
     truth, index = curves.losses[:, -1], {c: i for i, c in enumerate(curves.candidates)}
     for base in (BASELINES[0], BASELINES[-1]):  # ASHA rf=2, the median stopping rule
-        cfg = replay_config(path, curves, 800, tmp_path / "out", sleep=0.0, name=f"tiny-{base.key}")
+        cfg = replay_config(path, curves, 800, tmp_path / "out", sleep=0.0, name=f"tiny-{base.key}",
+                            resources={"cpus_per_worker": 0.25, "max_concurrent": 2})
         sel = run_select(cfg, quiet=True, scheduler=base.scheduler(len(SIZES)))
         stopped = [e for e in sel.doc["ranking"] if e["status"] == Status.STOPPED]
         assert stopped and all(e["reason"].startswith("stopped by ") for e in stopped), base.label
