@@ -32,6 +32,10 @@ class SweepRecord:
 
     def __init__(self, path: str | Path | None) -> None:
         self.path = Path(path) if path else None
+        self._file: Any = None
+        """Opened on the first append and kept open (`close`): a sweep of thousands of
+        candidates appends tens of thousands of lines, and opening the file for each was a
+        fifth of the stopping rule's time."""
 
     def observation(self, obs: Observation) -> None:
         self._append({"event": "observation", **obs.to_dict()})
@@ -45,8 +49,19 @@ class SweepRecord:
     def _append(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open: see __init__)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # each line whole in the file before the sweep goes on, as with a close
+
+    def close(self) -> None:
+        """Close the file the appends go to (a later append opens it again)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None}  # a pickled rule (the scheduler's save) reopens it
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every whole record, in order; a torn last line is ended so appends stay whole."""

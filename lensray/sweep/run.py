@@ -306,6 +306,7 @@ def run_sweep(
             with contextlib.redirect_stdout(io.StringIO()), _environ(TUNE_MAX_PENDING_TRIALS_PG=str(pending) if pending else None):
                 results = tuner.fit()
         finally:
+            record.close()
             storage.push(STATE_FILE)  # an interrupted sweep's record, for --resume
         for r in results:
             if r.error is not None:
