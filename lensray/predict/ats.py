@@ -34,10 +34,11 @@ def ats_window(log_x: np.ndarray, log_y: np.ndarray, k: int = 3, delta: float = 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(slope, intercept) of the least-squares line through (x, y); slope 0 through a single size."""
-    dx = x - x.mean()
+    x_mean, y_mean = float(x.sum()) / x.size, float(y.sum()) / y.size  # not .mean(): its overhead is most of a fit
+    dx = x - x_mean
     var = float(dx @ dx)
-    slope = float(dx @ (y - y.mean())) / var if var > 0 else 0.0
-    return slope, float(y.mean()) - slope * float(x.mean())
+    slope = float(dx @ (y - y_mean)) / var if var > 0 else 0.0
+    return slope, y_mean - slope * x_mean
 
 
 def ats_lines(log_x: np.ndarray, log_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
