@@ -118,3 +118,39 @@ def test_a_candidate_whose_trial_died_and_reports_again_is_running_again(tmp_pat
     assert s.curves["a"].status == Status.RUNNING
     again = StoppingRule(TARGET, record=SweepRecord(tmp_path / "s.jsonl"))
     assert again.curves["a"].status == Status.RUNNING and again.curves["a"].sizes == [200]
+
+
+def _fit_after_peers(peers: list[list[float]]) -> float:
+    """The s.d. of candidate "x"'s fit after `peers` (fed first, in order) reached its sizes."""
+    s = StoppingRule(TARGET, SchedulerConfig(synchronous=False))
+    for i, losses in enumerate(peers):
+        feed(s, f"p{i}", losses, upto=4)
+    feed(s, "x", curve(2.0, -0.08), upto=4)
+    return s.curves["x"].fit.sd_log
+
+
+def test_a_rungs_pooled_estimates_come_from_its_first_pool_peers(monkeypatch):
+    import lensray.sweep.rule as rule
+
+    rng = np.random.default_rng(0)
+    quiet = [list(np.array(curve(2.0 + i / 10, -0.08)) * np.exp(rng.normal(0, 0.002, 5))) for i in range(3)]
+    noisy = [list(np.array(curve(3.0, -0.05)) * np.exp(rng.normal(0, 0.2, 5))) for _ in range(8)]
+    # the noise is pooled by the median, so the noisy peers, once a majority, widen x's fit
+    assert _fit_after_peers(quiet + noisy) > 2 * _fit_after_peers(quiet)
+    monkeypatch.setattr(rule, "POOL_PEERS", 3)
+    assert _fit_after_peers(quiet + noisy) == _fit_after_peers(quiet)  # beyond the first 3 they do not
+
+
+def test_the_side_file_holds_each_event_once_it_is_decided_and_a_pickled_rule_appends_on(tmp_path):
+    import pickle
+
+    path = tmp_path / "sweep.jsonl"
+    s = StoppingRule(TARGET, record=SweepRecord(path))
+    feed(s, "a", curve(2.0, -0.08), upto=3)
+    assert [o.size for o in read_state(path).observations["a"]] == [200, 400, 800]  # read while the sweep runs
+    restored = pickle.loads(pickle.dumps(s))  # what CurveFitScheduler.save / restore do
+    restored.observe(Observation("a", 1600, curve(2.0, -0.08)[3]))
+    s.record.close()
+    state = read_state(path)
+    assert [o.size for o in state.observations["a"]] == [200, 400, 800, 1600]
+    assert [d.size for d in state.decisions] == [200, 400, 800, 1600]
