@@ -47,7 +47,7 @@ import numpy as np
 from lensray.core.types import CurveFit
 from lensray.predict.ats import ats_lines
 from lensray.predict.fit import FLAT_REASON, FitConfig, prepare_curves
-from lensray.predict.local import LOCAL_MIN_POINTS, fit_local, local_noise
+from lensray.predict.local import LOCAL_MIN_POINTS, local_fits, local_noise
 
 MIN_PEERS = 3
 """Fewest reliable, non-flat fits at the same sizes a flat candidate borrows its uncertainty from."""
@@ -76,7 +76,7 @@ def blend_pool(sizes, losses, config: FitConfig | None = None) -> BlendPool:
     noise = local_noise(x, y, cfg)
     if x.size < LOCAL_MIN_POINTS:
         return BlendPool(noise, np.empty(0))
-    local = fit_local(x, y, int(x[-1]), None, cfg, noise)  # slopes and flags do not depend on T
+    local = local_fits(x, y, int(x[-1]), [""] * y.shape[0], cfg, noise)  # slopes and flags do not depend on T
     log_x, log_y = np.log(x), np.log(y)
     slopes = 0.5 * (segment_slopes(log_x, log_y, cfg.window) + ats_lines(log_x, log_y)[0])
     return BlendPool(noise, slopes[np.array([f.ok for f in local])])
@@ -99,7 +99,7 @@ def fit_blend(sizes, losses, target: int, names: list[str] | None = None, config
     cfg = config or FitConfig()
     x, y, names = prepare_curves(sizes, losses, names)
     pool = context if context is not None else blend_pool(x, y, cfg)
-    local = fit_local(x, y, target, names, cfg, pool.noise)
+    local = local_fits(x, y, target, names, cfg, pool.noise)
     if x.size < LOCAL_MIN_POINTS:
         return [replace(f, law="blend") for f in local]
     log_x, log_y, log_t = np.log(x), np.log(y), float(np.log(target))

@@ -85,8 +85,15 @@ def fit_local(
     `noise`: (sigma^2, eps^2) from `local_noise` over a larger pool (the scheduler keeps one per
     rung); by default they are estimated from the rows given.
     """
-    cfg = config or FitConfig()
     x, y, names = prepare_curves(sizes, losses, names)
+    return local_fits(x, y, target, names, config or FitConfig(), noise)
+
+
+def local_fits(
+    x: np.ndarray, y: np.ndarray, target: int, names: list[str], cfg: FitConfig, noise: tuple[float, float] | None
+) -> list[CurveFit]:
+    """`fit_local` on curves `prepare_curves` has checked (the blend checks them once for both
+    its halves: on a window of three points the checks cost as much as the fit)."""
     m, n = y.shape
     if n < LOCAL_MIN_POINTS:
         return failed_fits(names, "local", target, n, f"{n} size observed; the local fit needs {LOCAL_MIN_POINTS}")
