@@ -276,11 +276,11 @@ class StoppingRule:
         with np.errstate(invalid="ignore"):
             margin = (mean - rivals[:, 0]) / np.sqrt(sd**2 + rivals[:, 1] ** 2)
         margin[self._slots[name]] = np.nan
-        others = np.flatnonzero(~np.isnan(margin))
-        if others.size < cfg.top_k:
+        if np.count_nonzero(~np.isnan(margin)) < cfg.top_k:
             return Action.CONTINUE, f"fewer than {cfg.top_k} other reliable fits to compare with"
         # the k-th strongest rival decides: at least k others beat i iff it does
-        kth = others[np.argpartition(-margin[others], cfg.top_k - 1)[cfg.top_k - 1]]
+        margin[np.isnan(margin)] = -np.inf
+        kth = int(np.argmax(margin) if cfg.top_k == 1 else np.argpartition(-margin, cfg.top_k - 1)[cfg.top_k - 1])
         rival, z_rival = self._names[kth], float(margin[kth])
         versus = (
             f"predicted {curve.fit.predicted_loss:.4g} at T against {math.exp(rivals[kth, 0]):.4g} of "
