@@ -3,9 +3,9 @@ whether it can still win. Pure numpy (no Ray); `lensray.sweep.scheduler` runs it
 
 After an Observation (a subset size and its held-out loss) the rule refits that candidate's
 curve with the configured predictor (`fit.method`, `blend` by default), fitted with the
-estimates pooled over every candidate that reached the same sizes, so noise and extrapolation
-error come from the whole rung: a predicted log-loss at the target T, m_i, with standard
-deviation s_i (`CurveFit.sd_log`: the part of the error that is the candidate's own; the part
+estimates pooled over the candidates that reached the same sizes (up to POOL_PEERS of them), so
+noise and extrapolation error come from the rung: a predicted log-loss at the target T, m_i,
+with standard deviation s_i (`CurveFit.sd_log`: the part of the error that is the candidate's own; the part
 the pool shares cancels in a comparison). It then tests whether each other reliable fit j beats
 candidate i at T::
 
