@@ -282,3 +282,17 @@ def test_submit_passes_the_overrides_to_the_job(tmp_path, monkeypatch, capsys):
     assert sent[0].entrypoint.endswith("--set fit.window=4 --set probe.lr=1e-4")
     assert main(["submit", str(config), "--out", str(tmp_path / "o"), "--set", "fit.windw=4"]) == 2
     assert len(sent) == 1 and "Did you mean 'window'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_scale_sweeps_a_synthetic_pool_through_tune_and_reports_its_figures(tmp_path):
+    out, figures = tmp_path / "out", tmp_path / "scale.json"
+    run = lensray("bench", "scale", "--candidates", "40", "--out", str(out), "--json", str(figures))
+    assert run.returncode == 0, run.stderr[-2000:]
+    doc = json.loads(figures.read_text())
+    assert doc["candidates"] == 40 and doc["synchronous"] is False
+    assert 0 < doc["scheduler_share"] < 1 and doc["wall_s"] > 0
+    assert 0 < doc["fraction_of_all_probes"] < 1  # some candidates stopped early, none probed twice
+    selection = json.loads(next(out.glob("synthetic-40-B*/selection.json")).read_text())
+    assert len(selection["ranking"]) == 40
+    assert sum(e["status"] == "stopped early" for e in selection["ranking"]) > 0
