@@ -5,9 +5,9 @@ After an Observation (a subset size and its held-out loss) the rule refits that 
 curve with the configured predictor (`fit.method`, `blend` by default), fitted with the
 estimates pooled over the candidates that reached the same sizes (up to POOL_PEERS of them), so
 noise and extrapolation error come from the rung: a predicted log-loss at the target T, m_i,
-with standard deviation s_i (`CurveFit.sd_log`: the part of the error that is the candidate's own; the part
-the pool shares cancels in a comparison). It then tests whether each other reliable fit j beats
-candidate i at T::
+with standard deviation s_i (`CurveFit.sd_log`: the part of the error that is the candidate's
+own; the part the pool shares cancels in a comparison). It then tests whether each other
+reliable fit j beats candidate i at T::
 
     j beats i  iff  (m_i - m_j) / sqrt(s_i^2 + s_j^2) > z,    z = Phi^-1(1 - alpha / R)
     STOP candidate i  iff  fit_i is reliable  and  at least k others beat it
