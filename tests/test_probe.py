@@ -93,8 +93,10 @@ def test_full_finetune_two_workers_zero2(zoo_manifest, ray_local, tmp_path):
 @pytest.mark.slow
 def test_lora_two_workers_with_truncated_examples(zoo_manifest, ray_local, tmp_path):
     # max_length 13 < 15 task tokens: every example is truncated (counted), none crashes the probe.
-    spec = make_spec(zoo_manifest, tmp_path, data={"max_length": 13}, num_workers=2, zero_stage=2, lora=True, lr=2e-3,
-                     epochs=5, micro_batch=2)
+    # neox-copy-48: whether llama-copy-96's LoRA curve rises past its early bump at 16 examples
+    # depends on the zoo's build (2.86, 3.07, 2.28 on one 2-core machine's).
+    spec = make_spec(zoo_manifest, tmp_path, model="neox-copy-48", data={"max_length": 13}, num_workers=2, zero_stage=2,
+                     lora=True, lr=2e-3, epochs=5, micro_batch=2)
     observations = run_probe(spec)
     check_curve(observations, spec)
     extra = observations[0].extra
