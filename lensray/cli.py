@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="training precision (default fp32)")
     probe.add_argument("--length", type=int, default=512, help="tokens per example of a hub-sized model's data (default 512)")
     probe.add_argument("--peak-tflops", type=float, help="the device's bf16 peak for MFU (default: by its name)")
+    probe.add_argument("--worker-group", action="store_true",
+                       help="a Ray Train worker group even for one CPU worker (a sweep fine-tunes that in the trial's process)")
     probe.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     return parser
 
@@ -443,7 +445,8 @@ def _bench_probe(args: argparse.Namespace) -> int:
 
     build_zoo(Path(args.zoo))
     result = bench_probe(Path(args.zoo), args.model, tuple(args.size), args.workers, args.zero_stage, args.lora,
-                         args.micro_batch, args.device, args.precision, args.length, args.peak_tflops)
+                         args.micro_batch, args.device, args.precision, args.length, args.peak_tflops,
+                         args.worker_group)
     _write_json(result, args.json)
     return 0
 

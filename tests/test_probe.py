@@ -117,6 +117,31 @@ def test_every_size_starts_from_the_pretrained_weights(zoo_manifest, ray_local, 
 
 
 @pytest.mark.slow
+def test_an_in_process_probe_fine_tunes_as_its_worker_group_does(zoo_manifest, ray_local, tmp_path):
+    """Ray Train's local mode runs the same loop in the calling process: the same losses, steps
+    and weight changes as a worker group of one, with no worker to start; the process group it
+    needed is gone afterwards, and a failing in-process probe fails as a worker group's does."""
+    import torch.distributed as dist
+
+    kw = {"epochs": 5}  # past the copy model's early bump (test_full_finetune_two_workers_zero2)
+    group = run_probe(make_spec(zoo_manifest, tmp_path, **kw))
+    alone = run_probe(make_spec(zoo_manifest, tmp_path, in_process=True, **kw))
+    check_curve(alone, make_spec(zoo_manifest, tmp_path, in_process=True, **kw))
+    for a, g in zip(alone, group):
+        assert a.extra["in_process"] and not g.extra["in_process"]
+        assert a.loss == pytest.approx(g.loss, rel=1e-6) and a.extra["steps"] == g.extra["steps"]
+        assert a.extra["weight_delta"] == pytest.approx(g.extra["weight_delta"], rel=1e-6)
+    assert alone[0].extra["phase_s"]["ray_train_start"] < group[0].extra["phase_s"]["ray_train_start"]
+    assert not dist.is_initialized()
+    spec = make_spec(zoo_manifest, tmp_path, data={"sizes": (16,)}, lr=50.0, zero_stage=0, ntk_examples=0, in_process=True)
+    with pytest.raises(ProbeError) as err:
+        run_probe(spec)
+    assert err.value.reason.startswith("diverged at size 16")
+    assert not dist.is_initialized()
+    run_probe(make_spec(zoo_manifest, tmp_path, data={"sizes": (8,)}, ntk_examples=0, in_process=True))  # and runs again
+
+
+@pytest.mark.slow
 def test_diverging_run_stops_with_reason(zoo_manifest, ray_local, tmp_path):
     spec = make_spec(zoo_manifest, tmp_path, data={"sizes": (16,)}, lr=50.0, zero_stage=0, ntk_examples=0)
     with pytest.raises(ProbeError) as err:
@@ -322,6 +347,12 @@ def test_offload_template_fills():
 def test_probe_config_rejects_bad_field_naming_it(field, value):
     with pytest.raises(ValueError, match=f"ProbeConfig.{field}"):
         ProbeConfig(**{field: value})
+
+
+@pytest.mark.parametrize("kw", [{"num_workers": 2}, {"device": "cuda"}])
+def test_an_in_process_probe_is_one_cpu_rank(kw):
+    with pytest.raises(ValueError, match="ProbeConfig.in_process needs one CPU worker"):
+        ProbeConfig(in_process=True, **kw)
 
 
 def test_spec_round_trips_through_a_tune_config(zoo_manifest, tmp_path):

@@ -53,6 +53,11 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
     assert 0 < doc["cost"]["flops_spent"] <= doc["cost"]["flops_all_probes"] < doc["cost"]["flops_full"]
     extra = sel.observations["neox-copy-48"][0].extra
     assert extra["ntk_F"] >= 0 and "zero_shot_loss" in extra
+    # one CPU worker per probe: each fine-tunes in its trial's own process, with no Ray Train
+    # worker group to start, and still reports every size to Tune as it is done
+    for observations in (sel.observations[name] for name in POOL):
+        assert all(o.extra["in_process"] and o.extra["dist_backend"] == "gloo" for o in observations)
+        assert observations[0].extra["phase_s"]["ray_train_start"] < 1.0
 
 
 @pytest.mark.slow
@@ -79,5 +84,54 @@ def test_hf_config_refuses_what_it_cannot_do(zoo_dir):
         config_from_dict(base)
     with pytest.raises(ConfigError, match="probe.num_workers is set by lensray; use resources"):
         config_from_dict(base | {"scheduler": {"synchronous": False}, "probe": {"num_workers": 2}})
+    with pytest.raises(ConfigError, match="probe.in_process is set by lensray; use resources"):
+        config_from_dict(base | {"scheduler": {"synchronous": False}, "probe": {"in_process": True}})
     with pytest.raises(ConfigError, match="data.sizes is set by lensray"):
         config_from_dict(base | {"scheduler": {"synchronous": False}, "data": {"sizes": [1, 2]}})
+
+
+@pytest.mark.slow
+def test_in_process_probes_hand_their_trial_process_on_and_resume_after_it_dies(zoo_dir, tmp_path):
+    """One probe at a time, each fine-tuning in its trial's process: the first candidate is
+    stopped after its first size and its process goes on to the second, which is killed when it
+    reports its second size; Tune retries it in a new process, which resumes from its last
+    checkpoint (never before its first size) and goes on to the third."""
+    import os
+    import signal
+
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class StopThenKill(FIFOScheduler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reports: list[tuple[str, int, int]] = []  # candidate, size, trial process
+
+        def on_trial_result(self, tune_controller, trial, result):
+            name = result["candidate"]
+            self.reports.append((name, result["size"], result["pid"]))
+            if (name, result["size"]) == (POOL[1], 64) and len(self.reports) == 3:
+                os.kill(result["pid"], signal.SIGKILL)
+            return TrialScheduler.STOP if name == POOL[0] else TrialScheduler.CONTINUE
+
+    cfg = config_from_dict({
+        "name": "reuse", "backend": "hf", "zoo": str(zoo_dir), "pool": {"models": POOL},
+        "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512},
+        "data": {"max_length": 32, "eval_size": 32},
+        "probe": {"micro_batch": 8, "epochs": 1, "ntk_examples": 0},
+        "resources": {"workers": 1, "cpus_per_worker": 0.9, "max_concurrent": 1, "max_failures": 1},
+        "scheduler": {"synchronous": False}, "output": str(tmp_path),
+    })
+    scheduler = StopThenKill()
+    sel = run_select(cfg, quiet=True, scheduler=scheduler)
+    by_name = {e["candidate"]: e for e in sel.doc["ranking"]}
+    assert by_name[POOL[0]]["status"] == "stopped early" and by_name[POOL[0]]["sizes"] == [32]
+    for name in POOL[1:]:
+        assert by_name[name]["status"] == "finished" and sorted(set(by_name[name]["sizes"])) == [32, 64, 128], by_name[name]
+    second = [(s, p) for n, s, p in scheduler.reports if n == POOL[1]]
+    third = [(s, p) for n, s, p in scheduler.reports if n == POOL[2]]
+    # the stopped trial's process probed the next candidate, up to its kill
+    assert [p for _, p in second[:2]] == [scheduler.reports[0][2]] * 2
+    # a new process resumed after the last checkpoint Tune had (the kill came as it reported 64)
+    assert [s for s, _ in second] in ([32, 64, 128], [32, 64, 64, 128])
+    assert second[-1][1] != second[0][1]
+    assert [s for s, _ in third] == [32, 64, 128] and {p for _, p in third} == {second[-1][1]}  # and probed the third

@@ -2,14 +2,15 @@
 and where its wall time goes, on this machine.
 
     lensray bench probe [--model NAME] [--size N [N ...]] [--workers W] [--zero-stage S] [--lora]
-                        [--device auto|cpu|cuda] [--precision fp32|bf16] [--peak-tflops F]
+                        [--device auto|cpu|cuda] [--precision fp32|bf16] [--peak-tflops F] [--worker-group]
     lensray bench probe --device cuda --precision bf16 --model llama-1b --size 512   # a GPU
 
 NAME is a zoo model (fine-tuned on the zoo's task) or a hub-sized model of
 lensray.zoo.hub_sized (random weights, fine-tuned on long random sequences of `--length`
 tokens). MFU is the training FLOPs (6 x parameters x tokens) per second per worker over the
 device's dense bf16 peak (`PEAK_BF16_TFLOPS`, by the CUDA device's name, or `--peak-tflops`);
-on a CPU it is not given.
+on a CPU it is not given. One CPU worker fine-tunes in process, as a sweep runs it
+(`ProbeConfig.in_process`); `--worker-group` starts a Ray Train worker group for it instead.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def bench_probe(
     precision: str = "fp32",
     length: int = 512,
     peak: float | None = None,
+    worker_group: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune one model on each of `sizes` (one probe, as the sweep runs it) and print its
     throughput, MFU, peak memory and where its wall time went.
 
-    Returns {"model", "sizes", "num_workers", "zero_stage", "lora", "device", "precision",
+    Returns {"model", "sizes", "num_workers", "in_process", "zero_stage", "lora", "device", "precision",
     "n_params", "tokens", "train_s", "tokens_per_s", "mfu", "peak_tflops", "wall_s",
     "worker_peak_rss_gb", "peak_gpu_gb", "driver_peak_rss_gb", "loss", "fixed_share", "phase_s"}:
     `phase_s` holds rank 0's seconds per phase (lensray.probe.hf.worker.PHASES) summed over the
@@ -80,12 +82,17 @@ def bench_probe(
     else:
         raise ConfigError(f"--model {model!r}: not a zoo model; use one of {sorted(paths)} or a hub-sized "
                           f"model {sorted(HUB_SIZED)}")
+    ensure_ray()  # as in a sweep, Ray is up before the probe starts (not timed)
+    import ray
+
+    # as in a sweep (lensray.probe.hf.backend.in_process), one CPU worker fine-tunes in process
+    on_cpu = device == "cpu" or (device == "auto" and not ray.cluster_resources().get("GPU", 0))
     spec = ProbeSpec(
         candidate=model, model=path, data=data,
         probe=ProbeConfig(num_workers=num_workers, zero_stage=zero_stage, lora=lora, micro_batch=micro_batch,
-                          epochs=1, ntk_examples=0, device=device, precision=precision),
+                          epochs=1, ntk_examples=0, device=device, precision=precision,
+                          in_process=num_workers == 1 and on_cpu and not worker_group),
     )
-    ensure_ray()  # as in a sweep, Ray is up before the probe starts (not timed)
     start = time.perf_counter()
     observations = run_probe(spec)
     wall = time.perf_counter() - start
@@ -98,7 +105,7 @@ def bench_probe(
     peak = peak if peak is not None else peak_tflops(last["device_name"]) if on_gpu else None
     flops_per_s = 6.0 * last["trainable_params" if lora else "n_params"] * tokens / train_s / num_workers
     out = {
-        "model": model, "sizes": list(sizes), "num_workers": num_workers, "zero_stage": zero_stage, "lora": lora,
+        "model": model, "sizes": list(sizes), "num_workers": num_workers, "in_process": spec.probe.in_process, "zero_stage": zero_stage, "lora": lora,
         "device": last.get("device_name") or "cpu", "precision": precision, "n_params": last["n_params"],
         "tokens": tokens, "train_s": round(train_s, 3), "tokens_per_s": round(tokens / train_s, 1),
         "mfu": round(flops_per_s / (peak * 1e12), 4) if on_gpu and peak else None, "peak_tflops": peak if on_gpu else None,
@@ -112,7 +119,7 @@ def bench_probe(
     gpu = f" / GPU {out['peak_gpu_gb']} GB" if on_gpu else ""
     print(
         f"bench probe: {model} ({out['n_params'] / 1e6:.1f}M parameters) D={','.join(map(str, sizes))} on {out['device']} "
-        f"{precision} workers={num_workers} ZeRO-{zero_stage}{' LoRA' if lora else ''}: {out['tokens_per_s']:.0f} tokens/s "
+        f"{precision} workers={num_workers}{' in process' if spec.probe.in_process else ''} ZeRO-{zero_stage}{' LoRA' if lora else ''}: {out['tokens_per_s']:.0f} tokens/s "
         f"training ({tokens} tokens in {out['train_s']}s){mfu}; probe wall {out['wall_s']}s, peak memory worker "
         f"{out['worker_peak_rss_gb']} GB{gpu} / driver {out['driver_peak_rss_gb']} GB"
     )

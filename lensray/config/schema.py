@@ -308,7 +308,7 @@ class SelectConfig:
                 raise ConfigError("pool.models is empty: list at least one model (name and path), or set `zoo`")
             if self.data is None:
                 raise ConfigError("data is missing: the hf backend needs a data section (at least data.path)")
-            for key in ("num_workers", "cpus_per_worker", "device", "storage_path", "seed", "run_name", "weights_path", "max_failures"):
+            for key in ("num_workers", "cpus_per_worker", "device", "storage_path", "seed", "run_name", "weights_path", "in_process", "max_failures"):
                 if getattr(self.probe, key) != getattr(ProbeConfig(), key):
                     where = ("resources.workers / cpus_per_worker / gpus_per_worker / max_failures, output, seed "
                              "(the run name is the trial's)")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from lensray.cluster.storage import Storage
 from lensray.config.schema import SelectConfig
+from lensray.core.environ import environ
 from lensray.core.errors import ConfigError, failure_reason
 from lensray.core.types import Observation, Pool, Status
 from lensray.probe.base import Footprint, get_backend
@@ -56,21 +57,6 @@ def init_ray(cfg: SelectConfig) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False)
-
-
-@contextlib.contextmanager
-def _environ(**values: str | None):
-    """The environment variables `values` set (None: left as they are) while the block runs."""
-    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def max_concurrent(cfg: SelectConfig, n_candidates: int, footprint: Footprint) -> int:
@@ -303,7 +289,7 @@ def run_sweep(
         # tables and its tracebacks of failed trials would only repeat them.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
         try:
-            with contextlib.redirect_stdout(io.StringIO()), _environ(TUNE_MAX_PENDING_TRIALS_PG=str(pending) if pending else None):
+            with contextlib.redirect_stdout(io.StringIO()), environ(TUNE_MAX_PENDING_TRIALS_PG=str(pending) if pending else None):
                 results = tuner.fit()
         finally:
             record.close()

@@ -1,9 +1,13 @@
 """The `hf` probe backend: each Candidate fine-tuned on the plan's sizes with DeepSpeed under Ray
 Train (lensray.probe.hf.driver), one Observation per size reaching Tune as it is done.
 
-A trial only drives one TorchTrainer, whose workers reserve their own CPUs and GPUs, so the
-trial itself reserves a sliver of a CPU (Tune refuses a trial with no resources at all) and Tune
-must cap the live trials at what the workers have room for.
+A trial drives one TorchTrainer. With one CPU worker per probe it fine-tunes in the trial's own
+process (Ray Train's local mode, `ProbeConfig.in_process`), so the trial reserves the whole probe,
+no controller or worker process is started for it, and Tune hands the process, torch and
+DeepSpeed imported, to the next candidate (`reuse_actors`). Otherwise the TorchTrainer's workers
+reserve their own CPUs and GPUs, the trial itself reserves a sliver of a CPU (Tune refuses a
+trial with no resources at all), and Tune must cap the live trials at what the workers have room
+for.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ KEEPS_WEIGHTS = {"route", "aggregate"}
 keeps its latest weights (ProbeConfig.weights_path)."""
 TRIAL_CPU = 0.1
 """CPU an hf trial reserves for itself (its workers reserve their own)."""
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+"""How long Tune waits for a trial's thread to end before it reuses the trial's process."""
 
 
 class HFBackend:
@@ -47,8 +53,10 @@ class HFBackend:
 
     def footprint(self, cfg: SelectConfig) -> Footprint:
         r = cfg.resources
-        return Footprint({"CPU": TRIAL_CPU}, r.workers * r.cpus_per_worker + TRIAL_CPU, r.workers * r.gpus_per_worker,
-                         cap_live_trials=True)
+        cpus = r.workers * r.cpus_per_worker + TRIAL_CPU
+        alone = in_process(cfg)
+        return Footprint({"CPU": cpus if alone else TRIAL_CPU}, cpus, r.workers * r.gpus_per_worker,
+                         cap_live_trials=True, reuse_actors=alone)
 
     def spec(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str):
         """The ProbeSpec of `candidate`'s probe at `sizes` under `cfg` (what `run` fine-tunes)."""
@@ -71,12 +79,25 @@ class HFBackend:
         )
 
     def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:
-        """Fine-tune the sizes in one TorchTrainer run; each size reaches Tune as it is done
-        (Ray's TuneReportCallback), so the scheduler can stop the probe between sizes. A retried
-        trial's Ray Train run (named after the trial) resumes from its own checkpoint."""
+        """Fine-tune the sizes in one TorchTrainer run; each size reaches Tune as it is done, so
+        the scheduler can stop the probe between sizes. In process, the probe reports them with
+        the trial's checkpoint, from which a retried trial resumes; a worker group's reach Tune
+        through Ray's TuneReportCallback, and a retried trial's Ray Train run (named after the
+        trial) resumes from its own checkpoint."""
         from lensray.probe.hf.driver import run_probe
 
-        run_probe(self.spec(cfg, candidate, sizes, trial_id))
+        spec = self.spec(cfg, candidate, sizes, trial_id)
+        if in_process(cfg):
+            spec = replace(spec, probe=replace(spec.probe, in_process=True))
+            # Tune hands this process to the next candidate once this trial's thread has ended;
+            # one the scheduler stopped ends at its report, unwinding the fine-tune (2 s by default).
+            os.environ.setdefault(THREAD_TIMEOUT_ENV, "60")
+        run_probe(spec, tune_done=set(cfg.plan.resolved_sizes()) - set(sizes))
+
+
+def in_process(cfg: SelectConfig) -> bool:
+    """Whether cfg's probes fine-tune in their trial's process: one worker, no GPU."""
+    return cfg.resources.workers == 1 and cfg.resources.gpus_per_worker == 0
 
 
 BACKEND = HFBackend()

@@ -106,8 +106,13 @@ def _reason_from_training_error(e: BaseException) -> str:
     return f"worker rank {rank} failed: {last}"
 
 
-def run_probe(spec: ProbeSpec) -> list[Observation]:
+def run_probe(spec: ProbeSpec, tune_done: set[int] | None = None) -> list[Observation]:
     """Fine-tune spec's candidate on every subset size; one Observation per size, in order.
+
+    `tune_done`: inside a Tune trial, the planned sizes already done before this run; an
+    `in_process` probe then reports each size to Tune itself, with a checkpoint of those and
+    the sizes it finished (lensray.sweep.trial.report_with_progress). A worker group's sizes
+    reach Tune through Ray's TuneReportCallback instead.
 
     Raises ProbeError (see the module docstring). Starts a local Ray when none is running.
     """
@@ -123,7 +128,7 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
     train_rows = list(zip(largest["input_ids"], largest["labels"]))
     eval_rows = list(zip(data.eval["input_ids"], data.eval["labels"]))
     ensure_ray()
-    use_gpu = _use_gpu(cfg)
+    use_gpu = not cfg.in_process and _use_gpu(cfg)
     loop_config = {
         "spec": spec.to_dict(),
         "pad_id": tokenizer.pad_token_id,
@@ -133,6 +138,8 @@ def run_probe(spec: ProbeSpec) -> list[Observation]:
         "use_gpu": use_gpu,
         "data_counts": {"n_truncated": data.n_truncated, "n_dropped": data.n_dropped},
         "tokenize_s": tokenize_s,
+        "in_process": cfg.in_process,
+        "tune_done": sorted(tune_done) if tune_done is not None and cfg.in_process else None,
     }
     if cfg.metric == "task":
         loop_config["eval_prompts"] = list(data.eval["prompt_ids"])
@@ -159,7 +166,7 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
 
     cfg = spec.probe
     callbacks = []
-    if _in_tune_session():
+    if _in_tune_session() and not cfg.in_process:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
@@ -169,10 +176,13 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
     # (Ray Train passes the variable on to the controller it starts).
     os.environ.setdefault(POLL_ENV, "0.2")
     loop_config["fit_started"] = time.time()  # the workers time Ray Train's start from it (lensray.probe.hf.worker.PHASES)
+    # num_workers=0 is Ray Train's local mode: the loop runs here, as rank 0 of a world of one.
+    scaling = (ScalingConfig(num_workers=0) if cfg.in_process else
+               ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources))
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        scaling_config=scaling,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run_name or f"probe-{spec.candidate}-{uuid.uuid4().hex[:8]}",
@@ -184,7 +194,7 @@ def _fit(spec: ProbeSpec, loop_config: dict[str, Any], use_gpu: bool):
     )
     try:
         result = trainer.fit()
-    except Exception as e:  # ray.train.TrainingFailedError and friends
+    except Exception as e:  # ray.train.TrainingFailedError and friends; in process, the loop's own
         raise ProbeError(_reason_from_training_error(e), spec.candidate) from None
     if getattr(result, "error", None) is not None:
         raise ProbeError(_reason_from_training_error(result.error), spec.candidate)

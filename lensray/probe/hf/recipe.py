@@ -97,6 +97,12 @@ class ProbeConfig:
     """Where rank 0 keeps the fine-tuned weights after each size, replacing the last size's (a
     folder path or a pyarrow URI; empty = keep none). Set by lensray when the `route` stage will
     serve the finalists."""
+    in_process: bool = False
+    """Fine-tune in the calling process, through Ray Train's local mode (a TorchTrainer of
+    `num_workers=0`), instead of in a worker group of its own: one CPU rank. Set by lensray for a
+    one-worker CPU probe in a Tune trial, which is a Ray worker already: it saves starting Ray
+    Train's controller, its worker and their helper actors, each a process importing Ray (and the
+    worker torch), for every candidate. `max_failures` does not apply (Tune retries the trial)."""
     max_failures: int = 0
     """Restarts of the workers after they die (a lost node, a killed process); a restart resumes
     after the last finished size. Errors the probe itself reports (bad data, divergence, a model
@@ -125,6 +131,11 @@ class ProbeConfig:
             raise ValueError(f"ProbeConfig.cpus_per_worker={self.cpus_per_worker}: must be > 0")
         if self.diverge_factor <= 1:
             raise ValueError(f"ProbeConfig.diverge_factor={self.diverge_factor}: must be > 1, e.g. 10")
+        if self.in_process and (self.num_workers != 1 or self.device == "cuda"):
+            raise ValueError(
+                f"ProbeConfig.in_process needs one CPU worker, got num_workers={self.num_workers}, "
+                f"device={self.device!r}: set in_process=False for a worker group"
+            )
         if self.deepspeed_config and not Path(self.deepspeed_config).is_file():
             raise ValueError(f"ProbeConfig.deepspeed_config={self.deepspeed_config!r}: no such file")
 

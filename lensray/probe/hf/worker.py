@@ -20,7 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from lensray.core.environ import environ
 from lensray.core.errors import one_line
+from lensray.core.types import Observation
 from lensray.data.dataset import IGNORE_INDEX
 from lensray.probe.hf.loading import load_model, load_tokenizer, save_model
 from lensray.probe.hf.ntk import NTKStats, ntk_term
@@ -439,6 +441,7 @@ class _Worker:
             "tokens_per_s": tokens / run.train_s if run.train_s > 0 else 0.0,
             "peak_rss_gb": self.agree(peak_rss_gb(), self.dist.ReduceOp.MAX),
             "num_workers": self.world,
+            "in_process": self.config["in_process"],
             "dist_backend": self.dist.get_backend() if self.dist.is_initialized() else None,
             "zero_stage": self.config["ds_config"]["zero_optimization"]["stage"],
             "lora": cfg.lora,
@@ -466,7 +469,40 @@ class _Worker:
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker loop: for each size, copy the pretrained weights, fine-tune them with
-    DeepSpeed, evaluate, report."""
+    DeepSpeed, evaluate, report. In process, inside a process group of one."""
+    if not config["in_process"]:
+        return _fine_tune_sizes(config)
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return {"observations": [], "error": "probe.in_process: this process has a torch.distributed group already; "
+                                             "run the probe in a worker group"}
+    with _group_of_one():
+        return _fine_tune_sizes(config)
+
+
+@contextmanager
+def _group_of_one():
+    """A gloo process group of rank 0 alone, for an in-process probe (DeepSpeed needs one; Ray
+    Train's local mode makes one only under torchrun), taken down through DeepSpeed, which drops
+    its own references to it, so that a later probe in this process can start another."""
+    import deepspeed.comm
+    import torch.distributed as dist
+
+    # DeepSpeed reads the ranks from the environment, as torchrun sets them.
+    with environ(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1"):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            if deepspeed.comm.is_initialized():
+                deepspeed.comm.destroy_process_group()
+            elif dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _fine_tune_sizes(config: dict[str, Any]) -> dict[str, Any]:
+    """The loop of `_train_worker`."""
     entered = time.time()
     import gc
     import logging
@@ -479,8 +515,12 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_error()
     deepspeed.utils.logger.setLevel(logging.WARNING)
-    worker = _Worker(config, torch, dist, ray.train.get_context())
-    observations, restarts = _resume_state(ray.train.get_checkpoint())
+    if config["in_process"]:  # rank 0 of one; a retried trial resumes from Tune's checkpoint
+        worker = _Worker(config, torch, dist, _ALONE)
+        observations, restarts = [], 0
+    else:
+        worker = _Worker(config, torch, dist, ray.train.get_context())
+        observations, restarts = _resume_state(ray.train.get_checkpoint())
     worker.clock.add("worker_setup", time.time() - entered)
     if not restarts:  # a restarted group's start is not timed
         worker.clock.add("tokenize", config.get("tokenize_s", 0.0))
@@ -511,7 +551,7 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any]:
         obs["extra"]["phase_s"] = worker.clock.take()
         observations.append(obs)
         with worker.clock.phase("checkpoint"):  # counted in the next size's phases
-            _report(obs, observations, restarts, worker.rank)
+            _report(obs, observations, restarts, worker.rank, config)
         del run, model, loaded  # the next size starts again from a copy of the pretrained weights
         gc.collect()
         if config["use_gpu"]:
@@ -533,11 +573,41 @@ def _resume_state(checkpoint) -> tuple[list[dict[str, Any]], int]:
     return state["observations"], state["restarts"] + 1
 
 
-def _report(obs: dict[str, Any], observations: list[dict[str, Any]], restarts: int, rank: int) -> None:
-    """Report one size, with rank 0's checkpoint of everything finished so far."""
+class _Alone:
+    """The Ray Train context of an in-process probe: rank 0 of a world of one. (Inside a Tune
+    trial Ray refuses `ray.train.get_context`, which is for a worker group's workers.)"""
+
+    def get_world_rank(self) -> int:
+        return 0
+
+    def get_world_size(self) -> int:
+        return 1
+
+    def get_local_rank(self) -> int:
+        return 0
+
+
+_ALONE = _Alone()
+
+
+def _report(obs: dict[str, Any], observations: list[dict[str, Any]], restarts: int, rank: int,
+            config: dict[str, Any]) -> None:
+    """Report one size, with rank 0's checkpoint of everything finished so far. An in-process
+    probe reports to Tune itself when it runs in a trial (`tune_done`: the sizes done before
+    it), with the trial's checkpoint of every size done, and to nobody otherwise (run_probe
+    returns its observations)."""
     import tempfile
 
     import ray.train
+
+    if config["in_process"]:
+        if config["tune_done"] is not None:
+            from ray import tune
+
+            from lensray.sweep.trial import report_with_progress
+
+            report_with_progress(tune, Observation.from_dict(obs), set(config["tune_done"]) | {o["size"] for o in observations})
+        return
 
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
