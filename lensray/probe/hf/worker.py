@@ -45,8 +45,10 @@ QUERY_FIELDS = {
 PHASES = {
     "tokenize": "the driver: the candidate's tokenizer loaded and the data tokenised (or read from its cache)",
     "ray_train_start": "from TorchTrainer.fit() to the first line of the worker loop: Ray Train's controller, "
-                       "the worker group and the process group (not timed after a restart)",
-    "worker_setup": "the worker: torch, transformers and DeepSpeed imported, its rows and tokenizer set up",
+                       "the worker group and the process group (not timed after a restart; in process, the "
+                       "local mode's set-up only)",
+    "worker_setup": "the worker: torch, transformers and DeepSpeed imported (in process, once per trial "
+                    "process), its rows and tokenizer set up",
     "model_load": "the pretrained weights read (first size only), copied and moved to the device (every size "
                   "starts from them)",
     "zero_shot": "the pretrained model's held-out loss (first size only)",
@@ -56,7 +58,7 @@ PHASES = {
     "train": "the optimizer steps (under the `aggregate` design also those on the aggregation samples)",
     "eval": "the held-out loss, and with metric task the generations and their scoring",
     "weights": "the fine-tuned model saved (ProbeConfig.weights_path only)",
-    "checkpoint": "the previous size's report to Ray Train, with rank 0's progress checkpoint",
+    "checkpoint": "the previous size's report to Ray Train (in process, to Tune), with rank 0's progress checkpoint",
 }
 """The phases of a probe's wall time in `extra["phase_s"]` (rank 0's seconds; each size's since the
 previous report, so the first size carries the start-up). `lensray bench probe` prints them."""
