@@ -117,8 +117,11 @@ def test_probes_needing_a_node_type_not_up_make_the_autoscaler_add_it_then_remov
     cluster = autoscaling_cluster
     assert alive_nodes(cluster) == 1  # the head alone: no node can run a 2-CPU probe
     pool = ["t5-small", "gpt2", "t5-base", "gpt2-medium"]
+    # reuse_processes false, as docs/cluster.md advises for autoscaling clusters: a trial process
+    # Tune swaps for a reused one just as it starts can keep its node's CPUs reserved in Ray 2.60
+    # (resources.reuse_processes), and that node would never scale down.
     cfg = replay_config(tmp_path / "cfg", pool={"models": pool},
-                        resources={"cpus_per_worker": 2, "max_concurrent": 2},
+                        resources={"cpus_per_worker": 2, "max_concurrent": 2, "reuse_processes": False},
                         replay={"curves": "flan.csv", "sleep_s_per_pflop": 0.5})
     out = cluster["out"] / "scaled"
     # The driver runs on the head and joins the cluster (as after `ray attach`), not as a Jobs API

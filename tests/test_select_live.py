@@ -90,6 +90,24 @@ def test_hf_config_refuses_what_it_cannot_do(zoo_dir):
         config_from_dict(base | {"scheduler": {"synchronous": False}, "data": {"sizes": [1, 2]}})
 
 
+@pytest.mark.parametrize(
+    "resources, trial_cpus, reused",
+    [({"workers": 1, "cpus_per_worker": 0.9}, 1.0, True),
+     ({"workers": 1, "cpus_per_worker": 0.9, "reuse_processes": False}, 1.0, False),
+     ({"workers": 2, "cpus_per_worker": 0.9}, 0.1, False)],
+)
+def test_what_an_hf_trial_reserves_and_whether_tune_reuses_its_process(zoo_dir, resources, trial_cpus, reused):
+    """A one-CPU-worker probe runs in its trial, which reserves the whole probe and whose process
+    Tune reuses unless told not to; a worker group reserves its own CPUs."""
+    from lensray.probe.hf.backend import BACKEND
+
+    cfg = config_from_dict({"backend": "hf", "zoo": str(zoo_dir), "scheduler": {"synchronous": False},
+                            "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512}, "resources": resources})
+    footprint = BACKEND.footprint(cfg)
+    assert footprint.trial["CPU"] == pytest.approx(trial_cpus) and footprint.reuse_actors == reused
+    assert footprint.cpus == pytest.approx(resources["workers"] * 0.9 + 0.1)
+
+
 @pytest.mark.slow
 def test_in_process_probes_hand_their_trial_process_on_and_resume_after_it_dies(zoo_dir, tmp_path):
     """One probe at a time, each fine-tuning in its trial's process: the first candidate is

@@ -96,6 +96,11 @@ class ResourcesConfig:
     """Retries of a probe whose trial or workers die (a lost node, a killed process); it resumes
     after its last finished size. A probe's own errors (bad data, divergence, a model that cannot
     load) are recorded as failed, not retried."""
+    reuse_processes: bool = True
+    """Let Tune hand a finished trial's process to the next candidate (replay probes, and hf
+    probes of one CPU worker): no process to start per candidate. Set false on an autoscaling
+    cluster: when Tune swaps a trial's just-started process for a reused one, Ray 2.60's raylet
+    can keep that process's CPUs reserved, and the node they are on never scales down."""
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -76,7 +76,8 @@ class ReplayBackend:
 
     def footprint(self, cfg: SelectConfig) -> Footprint:
         cpus = cfg.resources.cpus_per_worker
-        return Footprint({"CPU": cpus}, cpus, 0.0, cap_live_trials=False, reuse_actors=True, pending_per_slot=2)
+        return Footprint({"CPU": cpus}, cpus, 0.0, cap_live_trials=False, reuse_actors=cfg.resources.reuse_processes,
+                         pending_per_slot=2)
 
     def run(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str) -> None:
         """Report each size's recorded loss to Tune, with a checkpoint of the sizes done so a

@@ -4,7 +4,8 @@ Train (lensray.probe.hf.driver), one Observation per size reaching Tune as it is
 A trial drives one TorchTrainer. With one CPU worker per probe it fine-tunes in the trial's own
 process (Ray Train's local mode, `ProbeConfig.in_process`), so the trial reserves the whole probe,
 no controller or worker process is started for it, and Tune hands the process, torch and
-DeepSpeed imported, to the next candidate (`reuse_actors`). Otherwise the TorchTrainer's workers
+DeepSpeed imported, to the next candidate (`reuse_actors`, unless `resources.reuse_processes` is
+false). Otherwise the TorchTrainer's workers
 reserve their own CPUs and GPUs, the trial itself reserves a sliver of a CPU (Tune refuses a
 trial with no resources at all), and Tune must cap the live trials at what the workers have room
 for.
@@ -56,7 +57,7 @@ class HFBackend:
         cpus = r.workers * r.cpus_per_worker + TRIAL_CPU
         alone = in_process(cfg)
         return Footprint({"CPU": cpus if alone else TRIAL_CPU}, cpus, r.workers * r.gpus_per_worker,
-                         cap_live_trials=True, reuse_actors=alone)
+                         cap_live_trials=True, reuse_actors=alone and r.reuse_processes)
 
     def spec(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str):
         """The ProbeSpec of `candidate`'s probe at `sizes` under `cfg` (what `run` fine-tunes)."""
