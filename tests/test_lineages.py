@@ -140,7 +140,9 @@ def test_phylolm_recovers_the_lineages_family_tree(zoo_manifest, zoo_lineages, r
     parent = {m["name"]: m["parent"] for m in derived}
     kind = {m["name"]: m["kind"] for m in derived}
 
-    cfg = PhyloConfig(genes=64, samples=32, genes_path=zoo_lineages["genes"], cache_dir=str(tmp_path / "cache"))
+    # 48 samples: a copy sits about its source's sampling noise away, which at 32 samples is above
+    # the 0.05 threshold for opt-text-160 on some builds of the zoo (0.061; docs/phylo.md)
+    cfg = PhyloConfig(genes=64, samples=48, genes_path=zoo_lineages["genes"], cache_dir=str(tmp_path / "cache"))
     genes = draw_genes(texts_from_file(cfg.genes_path), cfg.genes, cfg.seed, cfg.min_chars, cfg.max_chars)
     t0 = time.perf_counter()
     prints = fingerprint_models(models, genes, cfg)
