@@ -5,10 +5,9 @@ A trial drives one TorchTrainer. With one CPU worker per probe it fine-tunes in 
 process (Ray Train's local mode, `ProbeConfig.in_process`), so the trial reserves the whole probe,
 no controller or worker process is started for it, and Tune hands the process, torch and
 DeepSpeed imported, to the next candidate (`reuse_actors`, unless `resources.reuse_processes` is
-false). Otherwise the TorchTrainer's workers
-reserve their own CPUs and GPUs, the trial itself reserves a sliver of a CPU (Tune refuses a
-trial with no resources at all), and Tune must cap the live trials at what the workers have room
-for.
+false). Otherwise the TorchTrainer's workers reserve their own CPUs and GPUs, the trial itself
+reserves a sliver of a CPU (Tune refuses a trial with no resources at all), and Tune must cap the
+live trials at what the workers have room for.
 """
 
 from __future__ import annotations
