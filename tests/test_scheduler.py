@@ -80,8 +80,10 @@ def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
     s = scheduler(path=tmp_path / "s.jsonl", sizes=SIZES)
     ctl = FakeController(["bad", "good"], s)
     bad, good = curve(4.0, -0.02), curve(2.0, -0.08)
-    # "bad" reaches 800 first: no rival has a fit yet, so it continues, paused at the rung
-    assert feed(s.rule, "bad", bad, upto=3) == [TrialScheduler.PAUSE] * 3
+    # "bad" reaches 800 first: no rival has a fit yet, so it continues, paused at the rung; it
+    # pauses only at a size it can be decided at (the 3rd), not at the two before it
+    assert feed(s.rule, "bad", bad, upto=3) == [TrialScheduler.CONTINUE] * 2 + [TrialScheduler.PAUSE]
+    assert s.rule.decision_sizes == {800, 1600}
     ctl.trials[1].status = "Status.RUNNING"
     feed(s.rule, "good", good, upto=2)
     assert s.choose_trial_to_run(ctl) is None, "bad waits: good has not reached 800 yet"

@@ -11,6 +11,7 @@ from lensray.pipeline import run_select
 from lensray.verify import run_verify
 
 POOL = ["neox-copy-48", "gpt2-format-48", "llama-text-32"]
+SIZES = [16, 32, 64, 128]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +24,11 @@ def live(zoo_dir, tmp_path_factory):
         "backend": "hf",
         "zoo": str(zoo_dir),
         "pool": {"models": POOL + [{"name": "missing", "path": str(empty)}]},
-        "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512},
+        "plan": {"sizes": SIZES, "budget": 128, "target": 512},
         "data": {"max_length": 32, "eval_size": 64},
         "probe": {"zero_stage": 2, "micro_batch": 8, "lr": 0.001, "epochs": 2, "ntk_examples": 4},
         "resources": {"workers": 1, "cpus_per_worker": 0.9},
-        "scheduler": {"synchronous": False},
-        "output": str(out),
+        "output": str(out),  # synchronous rungs, the default: every probe paused at 64 until all are
     })
     return cfg, run_select(cfg, quiet=True), out / "live"
 
@@ -44,8 +44,9 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
     assert doc["ranking"][-1]["candidate"] == "missing"
     for e in by_name.values():
         assert e["status"] in ("finished", "stopped early"), e
-        assert e["sizes"] == [32, 64, 128][: len(e["sizes"])]  # one Observation per size, in order
-        assert e["status"] != "finished" or len(e["sizes"]) == 3
+        assert e["sizes"] == SIZES[: len(e["sizes"])]  # one Observation per size, in order
+        assert e["status"] != "finished" or len(e["sizes"]) == 4
+        assert e["status"] != "stopped early" or len(e["sizes"]) == 3  # stopped at the one decision size
     # the zoo's task is learnt fast only by the model pretrained on its structure (zoo.py)
     assert doc["selected"] == "neox-copy-48"
     copy = by_name["neox-copy-48"]
@@ -58,6 +59,20 @@ def test_live_select_probes_every_candidate_and_picks_the_copy_model(live):
     for observations in (sel.observations[name] for name in POOL):
         assert all(o.extra["in_process"] and o.extra["dist_backend"] == "gloo" for o in observations)
         assert observations[0].extra["phase_s"]["ray_train_start"] < 1.0
+    # synchronous rungs: each probe paused at 64, the one size it can be decided at (the 3rd of
+    # 4), and was judged only once all three had reported it, with the whole rung's fits;
+    # the probes that went on resumed after their last size
+    events = [json.loads(line) for line in (folder / "sweep.jsonl").read_text().splitlines()]
+    at_64 = [(i, e) for i, e in enumerate(events) if e.get("size") == 64 and e["event"] in ("observation", "decision")]
+    pauses = [e["candidate"] for _, e in at_64 if e.get("decision") == "PAUSE"]
+    judged = [(i, e) for i, e in at_64 if e["event"] == "decision" and e["decision"] != "PAUSE"]
+    assert sorted(pauses) == sorted(POOL) and sorted(e["candidate"] for _, e in judged) == sorted(POOL)
+    last_report = max(i for i, e in at_64 if e["event"] == "observation")
+    assert all(i > last_report for i, _ in judged)
+    assert not any(e.get("decision") == "PAUSE" and e["size"] != 64 for e in events)
+    for name in POOL:
+        reported = [e["size"] for e in events if e["event"] == "observation" and e["candidate"] == name]
+        assert reported == by_name[name]["sizes"]
 
 
 @pytest.mark.slow
@@ -80,8 +95,10 @@ def test_live_verify_scores_the_selection(live):
 
 def test_hf_config_refuses_what_it_cannot_do(zoo_dir):
     base = {"backend": "hf", "zoo": str(zoo_dir), "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512}}
-    with pytest.raises(ConfigError, match="scheduler.synchronous is not supported with backend hf"):
-        config_from_dict(base)
+    assert config_from_dict(base).scheduler.synchronous  # one CPU worker: paused in its own process
+    for resources in ({"workers": 2}, {"gpus_per_worker": 1}):
+        with pytest.raises(ConfigError, match="scheduler.synchronous is supported with backend hf only for probes of one CPU worker"):
+            config_from_dict(base | {"resources": resources})
     with pytest.raises(ConfigError, match="probe.num_workers is set by lensray; use resources"):
         config_from_dict(base | {"scheduler": {"synchronous": False}, "probe": {"num_workers": 2}})
     with pytest.raises(ConfigError, match="probe.in_process is set by lensray; use resources"):
@@ -98,13 +115,16 @@ def test_hf_config_refuses_what_it_cannot_do(zoo_dir):
 )
 def test_what_an_hf_trial_reserves_and_whether_tune_reuses_its_process(zoo_dir, resources, trial_cpus, reused):
     """A one-CPU-worker probe runs in its trial, which reserves the whole probe and whose process
-    Tune reuses unless told not to; a worker group reserves its own CPUs."""
+    Tune reuses unless told not to; Ray bounds such trials, so Tune needs no cap on live ones (a
+    paused probe holds nothing, and a rung spans the pool). A worker group reserves its own CPUs,
+    so Tune must cap the trials that drive one."""
     from lensray.probe.hf.backend import BACKEND
 
     cfg = config_from_dict({"backend": "hf", "zoo": str(zoo_dir), "scheduler": {"synchronous": False},
                             "plan": {"sizes": [32, 64, 128], "budget": 128, "target": 512}, "resources": resources})
     footprint = BACKEND.footprint(cfg)
     assert footprint.trial["CPU"] == pytest.approx(trial_cpus) and footprint.reuse_actors == reused
+    assert footprint.cap_live_trials == (resources["workers"] > 1)
     assert footprint.cpus == pytest.approx(resources["workers"] * 0.9 + 0.1)
 
 

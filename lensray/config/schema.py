@@ -102,6 +102,12 @@ class ResourcesConfig:
     cluster: when Tune swaps a trial's just-started process for a reused one, Ray 2.60's raylet
     can keep that process's CPUs reserved, and the node they are on never scales down."""
 
+    @property
+    def one_cpu_worker(self) -> bool:
+        """Whether a probe is one worker without a GPU: an hf probe then fine-tunes in its Tune
+        trial's own process (lensray.probe.hf.backend)."""
+        return self.workers == 1 and self.gpus_per_worker == 0
+
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"resources.workers must be >= 1, got {self.workers}")
@@ -128,9 +134,10 @@ class SchedulerConfig:
     enabled: bool = True
     """False runs every probe to the budget (the AtS-style reference cost)."""
     synchronous: bool = True
-    """Pause each probe after every size until all live candidates have reached that size, then
-    decide for all of them with complete information (synchronous successive halving). False
-    decides on whatever the others have reported so far: more parallelism, more compute."""
+    """Pause each probe at every size it can be decided at until all live candidates have reached
+    that size, then decide for all of them with complete information (synchronous successive
+    halving). False decides on whatever the others have reported so far: more parallelism, more
+    compute. hf probes with GPUs or several workers need false (a pause restarts the worker group)."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -318,10 +325,12 @@ class SelectConfig:
                     where = ("resources.workers / cpus_per_worker / gpus_per_worker / max_failures, output, seed "
                              "(the run name is the trial's)")
                     raise ConfigError(f"probe.{key} is set by lensray; use {where} instead")
-            if self.scheduler.enabled and self.scheduler.synchronous:
+            if self.scheduler.enabled and self.scheduler.synchronous and not self.resources.one_cpu_worker:
                 raise ConfigError(
-                    "scheduler.synchronous is not supported with backend hf yet: each resume would restart "
-                    "the probe's Ray Train workers and DeepSpeed (~40 s on CPU); set scheduler.synchronous: false"
+                    "scheduler.synchronous is supported with backend hf only for probes of one CPU worker "
+                    f"(resources.workers: 1, gpus_per_worker: 0; here {self.resources.workers} and "
+                    f"{self.resources.gpus_per_worker:g}): each resume would restart the probe's Ray Train "
+                    "worker group; set scheduler.synchronous: false"
                 )
         sizes = self.plan.resolved_sizes()
         if self.scheduler.enabled and len(sizes) < self.fit.window:

@@ -112,9 +112,12 @@ class StoppingRule:
         self.min_points = max(self.config.min_points, self.predictor.min_points)
         self.budget = int(sizes[-1]) if sizes else None
         """Last planned size: probes that reached it are done, nothing left to decide."""
-        self.looks = max(len(sizes or []) - self.config.min_points, 1)
-        """Decisions a candidate goes through (planned sizes from the `min_points`-th to the one
-        before the budget; 1 when the plan is not known): the confidence is spread over them."""
+        self.decision_sizes = frozenset((sizes or [])[self.config.min_points - 1 : -1])
+        """Planned sizes a candidate is decided at: from the `min_points`-th to the one before the
+        budget. Synchronous rungs pause there only; the sizes before them have nothing to decide."""
+        self.looks = max(len(self.decision_sizes), 1)
+        """Decisions a candidate goes through (1 when the plan is not known): the confidence is
+        spread over them."""
         self.alpha = (1.0 - self.config.level) / 2.0 / self.looks
         """One-sided error of each decision; a rival beats a candidate beyond z s.d. of a difference."""
         self.z = NormalDist().inv_cdf(1.0 - self.alpha)
@@ -170,8 +173,8 @@ class StoppingRule:
         return {name: self._record(name, self.curves[name], rung_complete=True, refit=False) for name in undecided}
 
     def pauses_after(self, size: int) -> bool:
-        """Whether a probe waits for its rung after `size` (synchronous rungs, before the budget)."""
-        return self.config.enabled and self.config.synchronous and self.budget is not None and size < self.budget
+        """Whether a probe waits for its rung after `size` (synchronous rungs, at a decision size)."""
+        return self.config.enabled and self.config.synchronous and size in self.decision_sizes
 
     def set_status(self, name: str | None, status: Status, reason: str) -> None:
         """A running candidate finished or failed (a stopped one keeps its status)."""

@@ -85,11 +85,12 @@ def max_concurrent(cfg: SelectConfig, n_candidates: int, footprint: Footprint) -
 def live_trial_cap(cfg: SelectConfig, n_candidates: int, footprint: Footprint) -> int | None:
     """Tune's cap on live trials (`max_concurrent_trials`; paused trials count), or None.
 
-    A trial that only drives workers reserving their own resources (hf) needs a cap, or Tune
-    would start more trials than their workers have room for and they would starve each other;
-    synchronous rungs then run in cohorts of `max_concurrent` probes. A trial that reserves its
-    probe's resources itself (replay) is bounded by Ray already, and with no cap every candidate
-    is alive at once and each rung spans the whole pool."""
+    A trial that only drives workers reserving their own resources (an hf worker group) needs a
+    cap, or Tune would start more trials than their workers have room for and they would starve
+    each other; synchronous rungs then run in cohorts of `max_concurrent` probes. A trial that
+    reserves its probe's resources itself (replay, an hf probe in its trial's process) is
+    bounded by Ray already, and with no cap every candidate is alive at once (a paused one holds
+    nothing) and each rung spans the whole pool."""
     cap = max_concurrent(cfg, n_candidates, footprint)  # also refuses a probe that fits nowhere
     return cap if footprint.cap_live_trials or cfg.resources.max_concurrent else None
 

@@ -4,14 +4,15 @@ A thin adapter: each trial's result becomes an Observation for the rule, and the
 is Tune's (CONTINUE, STOP, PAUSE). The rule itself (the fits, the test of differences, the state)
 is pure numpy and lives in `rule.py`; this module only speaks Tune.
 
-Synchronous rungs (`scheduler.synchronous`, the default): after each size a probe is PAUSED (it
-reports a tiny checkpoint of the sizes it has done, so a resumed probe continues with the next
-size). When every live candidate has reached that size, all of them are refitted and then
-judged, once, with the whole rung's fits; the losers are stopped, the rest resumed. Without
-this, the first probes to start run to the budget before any rival has a fit to be compared
-with, and a probe judged early is compared with only part of the rung. "Live" means alive in
-Tune: when Tune caps the live trials (hf probes, `max_concurrent_trials`), a rung is that
-cohort's, and later cohorts are judged against every fit recorded before them. The idea is that
+Synchronous rungs (`scheduler.synchronous`, the default): after each size it can be decided at
+(`StoppingRule.decision_sizes`) a probe is PAUSED (it reports a tiny checkpoint of the sizes it
+has done, so a resumed probe continues with the next size). When every live candidate has
+reached that size, all of them are refitted and then judged, once, with the whole rung's fits;
+the losers are stopped, the rest resumed. Without this, the first probes to start run to the
+budget before any rival has a fit to be compared with, and a probe judged early is compared
+with only part of the rung. "Live" means alive in Tune: when Tune caps the live trials (hf
+worker groups, or `resources.max_concurrent`), a rung is that cohort's, and later cohorts are
+judged against every fit recorded before them. The idea is that
 of successive halving / ASHA (Li et al., MLSys 2020), with the rung comparison replaced by
 scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
 

@@ -4,10 +4,12 @@ Train (lensray.probe.hf.driver), one Observation per size reaching Tune as it is
 A trial drives one TorchTrainer. With one CPU worker per probe it fine-tunes in the trial's own
 process (Ray Train's local mode, `ProbeConfig.in_process`), so the trial reserves the whole probe,
 no controller or worker process is started for it, and Tune hands the process, torch and
-DeepSpeed imported, to the next candidate (`reuse_actors`, unless `resources.reuse_processes` is
-false). Otherwise the TorchTrainer's workers reserve their own CPUs and GPUs, the trial itself
-reserves a sliver of a CPU (Tune refuses a trial with no resources at all), and Tune must cap the
-live trials at what the workers have room for.
+DeepSpeed imported, to the next candidate or to a paused probe resuming (`reuse_actors`, unless
+`resources.reuse_processes` is false); Ray bounds such trials, so a paused one holds nothing and
+synchronous rungs span the pool. Otherwise the TorchTrainer's workers reserve their own CPUs and
+GPUs, the trial itself reserves a sliver of a CPU (Tune refuses a trial with no resources at
+all), Tune must cap the live trials at what the workers have room for, and rungs must be
+asynchronous (a resumed probe would start its worker group again).
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ class HFBackend:
     def footprint(self, cfg: SelectConfig) -> Footprint:
         r = cfg.resources
         cpus = r.workers * r.cpus_per_worker + TRIAL_CPU
-        alone = in_process(cfg)
+        alone = r.one_cpu_worker
         return Footprint({"CPU": cpus if alone else TRIAL_CPU}, cpus, r.workers * r.gpus_per_worker,
-                         cap_live_trials=True, reuse_actors=alone and r.reuse_processes)
+                         cap_live_trials=not alone, reuse_actors=alone and r.reuse_processes)
 
     def spec(self, cfg: SelectConfig, candidate: Candidate, sizes: list[int], trial_id: str):
         """The ProbeSpec of `candidate`'s probe at `sizes` under `cfg` (what `run` fine-tunes)."""
@@ -87,17 +89,12 @@ class HFBackend:
         from lensray.probe.hf.driver import run_probe
 
         spec = self.spec(cfg, candidate, sizes, trial_id)
-        if in_process(cfg):
+        if cfg.resources.one_cpu_worker:
             spec = replace(spec, probe=replace(spec.probe, in_process=True))
             # Tune hands this process to the next candidate once this trial's thread has ended;
             # one the scheduler stopped ends at its report, unwinding the fine-tune (2 s by default).
             os.environ.setdefault(THREAD_TIMEOUT_ENV, "60")
         run_probe(spec, tune_done=set(cfg.plan.resolved_sizes()) - set(sizes))
-
-
-def in_process(cfg: SelectConfig) -> bool:
-    """Whether cfg's probes fine-tune in their trial's process: one worker, no GPU."""
-    return cfg.resources.workers == 1 and cfg.resources.gpus_per_worker == 0
 
 
 BACKEND = HFBackend()
