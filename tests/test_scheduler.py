@@ -13,6 +13,7 @@ from lensray.core.types import Observation, Status
 from lensray.sweep.record import SweepRecord, read_state
 from lensray.sweep.rule import StoppingRule
 from lensray.sweep.scheduler import CurveFitScheduler
+from lensray.sweep.trial import HOLD_KEY
 
 
 def scheduler(config: SchedulerConfig | None = None, sizes: list[int] | None = None, path=None) -> CurveFitScheduler:
@@ -126,11 +127,18 @@ def test_a_resumed_synchronous_sweep_keeps_the_record_and_decides_pending_rungs_
     assert s.rule.curves["bad"].status == Status.RUNNING and s.rule.curves["good"].status == Status.RUNNING
     assert [d.to_record() for d in s.rule.decisions] == [r for r in lines if r["event"] == "decision"]
     assert s.rule.curves["good"].rung_decided == 800 and s.rule.curves["bad"].rung_decided == 400
+    # `--resume` starts new trials, which Tune runs at once: each first reports that it stands
+    # at its open rung (HOLD_KEY) and is paused there, not fine-tuned past it
+    hold = {"candidate": "bad", HOLD_KEY: True}
+    assert s.rule.open_rung("bad") and s.on_trial_result(None, trial("bad"), hold) == TrialScheduler.PAUSE
     ctl = FakeController(["good", "bad"], s)
     assert s.choose_trial_to_run(ctl) is None  # bad's rung (800) is decided first: it is stopped
     assert ctl.trials[1].status == "TERMINATED" and read_state(path).status["bad"][0] == Status.STOPPED
     assert s.choose_trial_to_run(ctl) is ctl.trials[0]  # then good's rung: it goes on
     assert s.rule.decisions[-1].candidate == "good" and s.rule.decisions[-1].size == 1600
+    # decided, neither is held again (a trial resumed from its pause reports no hold)
+    assert not s.rule.open_rung("good") and not s.rule.open_rung("bad")
+    assert s.on_trial_result(None, trial("good"), {"candidate": "good", HOLD_KEY: True}) == TrialScheduler.CONTINUE
 
 
 def test_nested_extras_that_tune_flattened_are_nested_again():

@@ -143,6 +143,32 @@ def test_resume_finishes_an_interrupted_sweep(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_holds_probes_paused_at_an_undecided_rung(tmp_path):
+    """Interrupted while every probe was paused at 800 (the first decision size), its rung not
+    yet judged: `--resume` starts new trials, which Tune runs at once, yet each is held at 800
+    and the rung is judged as the uninterrupted sweep judged it before that probe goes on."""
+    cfg = replay_cfg(tmp_path)
+    full = run_select(replace(cfg, name="full"), quiet=True)
+    src = [json.loads(l) for l in (tmp_path / "full" / "sweep.jsonl").read_text().splitlines()]
+    cut = [r for r in src if r["event"] in ("observation", "decision") and
+           (r["size"] < 800 or (r["size"] == 800 and r.get("decision", "PAUSE") == "PAUSE"))]
+    assert sorted(r["candidate"] for r in cut if r.get("decision") == "PAUSE") == sorted(POOL)
+    state = tmp_path / "t" / "sweep.jsonl"
+    state.parent.mkdir(parents=True)
+    state.write_text("".join(json.dumps(r) + "\n" for r in cut))
+    resumed = run_select(cfg, resume=True, quiet=True)
+    assert resumed.selected == full.selected
+    records = [json.loads(l) for l in state.read_text().splitlines()[len(cut):]]
+    judged = {r["candidate"]: r["decision"] for r in records if r["event"] == "decision" and r["size"] == 800}
+    expected = {r["candidate"]: r["decision"] for r in src
+                if r["event"] == "decision" and r["size"] == 800 and r["decision"] != "PAUSE"}
+    assert judged == expected and "STOP" in judged.values()
+    for name in POOL:  # each was judged at 800 (with every fit at 800, from the record) before it went on
+        mine = [r for r in records if r["candidate"] == name]
+        assert (mine[0]["event"], mine[0]["size"]) == ("decision", 800), f"{name} went past its rung: {mine[0]}"
+
+
+@pytest.mark.slow
 def test_a_killed_driver_resumes_to_the_same_selection_without_rerunning_probes(sweep, tmp_path):
     """The driver machine is lost mid-sweep (SIGKILL to `lensray select` and the Ray it started);
     `--resume` finishes with the uninterrupted run's selection and redoes no reported size."""

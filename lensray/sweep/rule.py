@@ -176,6 +176,15 @@ class StoppingRule:
         """Whether a probe waits for its rung after `size` (synchronous rungs, at a decision size)."""
         return self.config.enabled and self.config.synchronous and size in self.decision_sizes
 
+    def open_rung(self, name: str) -> bool:
+        """Whether `name` stands at a decision size whose rung is not decided yet: a resumed
+        sweep's probe must wait there before it goes on (`lensray.sweep.trial.HOLD_KEY`)."""
+        curve = self.curves.get(name)
+        return (
+            curve is not None and curve.status == Status.RUNNING and bool(curve.sizes)
+            and self.pauses_after(curve.sizes[-1]) and curve.rung_decided < curve.sizes[-1]
+        )
+
     def set_status(self, name: str | None, status: Status, reason: str) -> None:
         """A running candidate finished or failed (a stopped one keeps its status)."""
         if name is None:

@@ -16,6 +16,10 @@ judged against every fit recorded before them. The idea is that
 of successive halving / ASHA (Li et al., MLSys 2020), with the rung comparison replaced by
 scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
 
+A sweep resumed from its side file (`lensray select --resume`) starts new trials, which Tune runs
+at once: a probe that was paused at a rung still to be decided first reports that it is there
+(HOLD_KEY) and is paused again, so it is judged with the rung before it goes on.
+
 Progress is measured by the subset size, not `training_iteration` (which restarts on resume).
 Tune does not restore a scheduler on `Tuner.restore`, so every observation and decision is also
 appended to the side file (lensray.sweep.record), from which a new scheduler rebuilds its rule;
@@ -32,7 +36,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from lensray.core.types import Observation, Status
 from lensray.sweep.rule import StoppingRule
-from lensray.sweep.trial import FAILED_KEY
+from lensray.sweep.trial import FAILED_KEY, HOLD_KEY
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -72,6 +76,8 @@ class CurveFitScheduler(FIFOScheduler):
         if result.get(FAILED_KEY):
             self.rule.set_status(name, Status.FAILED, str(result[FAILED_KEY]))
             return TrialScheduler.STOP
+        if result.get(HOLD_KEY):  # a resumed sweep's probe, at a rung still to be decided
+            return TrialScheduler.PAUSE if name is not None and self.rule.open_rung(str(name)) else TrialScheduler.CONTINUE
         size, loss = result.get("size"), result.get("loss")
         if name is None or size is None or loss is None or not math.isfinite(float(loss)):
             return TrialScheduler.CONTINUE  # nothing to fit on

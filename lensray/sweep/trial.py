@@ -2,8 +2,9 @@
 
 Runs in a Ray worker. `config` is {"candidate": name}; the job (`JobRef`: put in the object store
 once by the driver, read once per worker process) holds the SelectConfig, the Pool's Candidates
-by name and the sizes an interrupted run already observed ("skip"). The probe backend
-(lensray.probe.base) does the probing; this function only works out which sizes are left.
+by name, the sizes an interrupted run already observed ("skip") and the candidates it left paused
+at a rung still to be decided ("hold"). The probe backend (lensray.probe.base) does the probing;
+this function only works out which sizes are left, and holds a probe at its rung first.
 
 Failures: a probe that fails on its own (a ProbeError: bad data, divergence, out of memory, a
 model that cannot load) reports {"candidate", FAILED_KEY: reason} and ends, so the scheduler
@@ -47,6 +48,9 @@ _JOBS: dict[str, dict[str, Any]] = {}
 DONE_FILE = "sizes_done.json"
 FAILED_KEY = "failed"
 """Result key of a probe that failed on its own; its value is the one-line reason."""
+HOLD_KEY = "hold"
+"""Result key of a probe of a resumed sweep that stands at a rung still to be decided (the job's
+"hold"): it reports only that, before fine-tuning anything, so the scheduler can pause it there."""
 
 
 def probe_trial(config: dict[str, Any], job_ref: JobRef) -> None:
@@ -58,10 +62,13 @@ def probe_trial(config: dict[str, Any], job_ref: JobRef) -> None:
     job = job_ref.job()
     cfg = job["config"]
     candidate = job["candidates"][config["candidate"]]
-    skip = set(job["skip"].get(candidate.name, ())) | _sizes_done(tune.get_checkpoint())
+    checkpoint = tune.get_checkpoint()
+    skip = set(job["skip"].get(candidate.name, ())) | _sizes_done(checkpoint)
     sizes = [s for s in cfg.plan.resolved_sizes() if s not in skip]
     if not sizes:
         return
+    if checkpoint is None and candidate.name in job["hold"]:  # paused there when the sweep stopped
+        _report_done(tune, {"candidate": candidate.name, HOLD_KEY: True}, skip)
     try:
         get_backend(cfg.backend).run(cfg, candidate, sizes, tune.get_context().get_trial_id())
     except ProbeError as e:
@@ -71,9 +78,13 @@ def probe_trial(config: dict[str, Any], job_ref: JobRef) -> None:
 def report_with_progress(tune, obs: Observation, done: set[int]) -> None:
     """Report `obs` to Tune with a checkpoint of the sizes `done`, so a paused or retried trial
     continues after them (every size is fine-tuned afresh, so that is all its state)."""
+    _report_done(tune, obs.to_dict(), done)
+
+
+def _report_done(tune, metrics: dict[str, Any], done: set[int]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / DONE_FILE).write_text(json.dumps(sorted(done)))
-        tune.report(obs.to_dict(), checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def _sizes_done(checkpoint) -> set[int]:
