@@ -255,7 +255,7 @@ def run_sweep(
             "config": cfg,
             "candidates": {c.name: c for c in pool.candidates},
             "skip": {c: [o.size for o in obs] for c, obs in before.observations.items()},
-            "hold": {c for c in todo if rule.open_rung(c)},
+            "hold": {c for c in todo if rule.open_rung(c)} if scheduler is None else set(),
         }
         # sweep.jsonl is the sweep's record; Tune's own CSV/JSON/TensorBoard loggers would only
         # repeat it, and the TensorBoard one imports torch into the driver mid-run (on a cluster

@@ -12,9 +12,9 @@ the losers are stopped, the rest resumed. Without this, the first probes to star
 budget before any rival has a fit to be compared with, and a probe judged early is compared
 with only part of the rung. "Live" means alive in Tune: when Tune caps the live trials (hf
 worker groups, or `resources.max_concurrent`), a rung is that cohort's, and later cohorts are
-judged against every fit recorded before them. The idea is that
-of successive halving / ASHA (Li et al., MLSys 2020), with the rung comparison replaced by
-scaling-law extrapolation (Lin et al. 2024; Zeng et al. 2025).
+judged against every fit recorded before them. The idea is that of successive halving / ASHA
+(Li et al., MLSys 2020), with the rung comparison replaced by scaling-law extrapolation (Lin et
+al. 2024; Zeng et al. 2025).
 
 A sweep resumed from its side file (`lensray select --resume`) starts new trials, which Tune runs
 at once: a probe that was paused at a rung still to be decided first reports that it is there
