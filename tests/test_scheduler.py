@@ -101,6 +101,22 @@ def test_synchronous_rungs_pause_then_decide_with_the_whole_rung(tmp_path):
     assert read_state(tmp_path / "s.jsonl").status["bad"][0] == Status.STOPPED
 
 
+def test_a_rung_is_judged_with_the_fit_of_a_probe_still_pausing():
+    """The last probe to reach the rung has reported (its PAUSE is on its way) but Tune has not
+    paused its trial yet when the others are judged: its fit must be among their rivals."""
+    s = scheduler(sizes=SIZES)
+    ctl = FakeController(["bad", "good"], s)
+    bad, good = curve(4.0, -0.02), curve(2.0, -0.08)
+    feed(s.rule, "bad", bad, upto=3)
+    ctl.trials[1].status = "RUNNING"
+    assert feed(s.rule, "good", good, upto=3)[-1] == TrialScheduler.PAUSE
+    assert s.choose_trial_to_run(ctl) is None and ctl.trials[0].status == "TERMINATED"
+    assert s.rule.curves["bad"].status == Status.STOPPED and "good" in s.rule.curves["bad"].reason
+    assert s.rule.curves["good"].rung_decided < 800  # judged once its trial is paused
+    ctl.trials[1].status = "PAUSED"
+    assert s.choose_trial_to_run(ctl) is ctl.trials[1] and s.rule.curves["good"].rung_decided == 800
+
+
 def test_pending_probes_start_before_paused_ones_resume():
     s = scheduler(sizes=SIZES)
     ctl = FakeController(["a", "b"], s)

@@ -166,10 +166,15 @@ class StoppingRule:
     def judge_rung(self, names: list[str]) -> dict[str, Action]:
         """Decide, once, for the candidates of a complete rung: every fit first, then the
         judgements, so each is compared with the whole rung. Candidates already decided at
-        their largest size are left out."""
+        their largest size are left out. The fits include those of the rung's candidates not in
+        `names`: the last to report may not be paused yet, but it is a rival of the others."""
         undecided = [n for n in names if self.curves[n].rung_decided < self.curves[n].sizes[-1]]
-        for name in undecided:
-            self._refit(name, self.curves[name])
+        if undecided:
+            rung = {self.curves[n].sizes[-1] for n in undecided}
+            waiting = [n for n, c in self.curves.items() if c.status == Status.RUNNING and c.sizes
+                       and c.sizes[-1] in rung and c.rung_decided < c.sizes[-1] and n not in undecided]
+            for name in undecided + waiting:
+                self._refit(name, self.curves[name])
         return {name: self._record(name, self.curves[name], rung_complete=True, refit=False) for name in undecided}
 
     def pauses_after(self, size: int) -> bool:
