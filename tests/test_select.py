@@ -92,14 +92,18 @@ def test_replay_sweep_stops_losers_and_picks_a_good_one(sweep):
 @pytest.mark.slow
 def test_every_rung_of_a_replay_sweep_spans_the_whole_pool(sweep):
     # More probes than fit at once: all must still be alive together, so no candidate is judged
-    # at a size before every candidate that gets there has reported it.
+    # at a decision size before every candidate that gets there has reported it.
     import ray
 
     cfg, _, folder = sweep
     assert len(POOL) * cfg.resources.cpus_per_worker > ray.cluster_resources()["CPU"]
     records = [json.loads(line) for line in (folder / "sweep.jsonl").read_text().splitlines()]
     assert {r["candidate"] for r in records} == set(POOL)
-    rungs = cfg.plan.resolved_sizes()[:-1]  # at the budget nothing is judged, probes just end
+    sizes = cfg.plan.resolved_sizes()
+    rungs = sizes[cfg.scheduler.min_points - 1 : -1]  # judged there; at the budget probes just end
+    for r in records:  # before the first rung there is nothing to judge, and no probe waits
+        if r["event"] == "decision" and r["size"] < rungs[0]:
+            assert r["decision"] == "CONTINUE" and "sizes needed to decide" in r["reason"], r
     for size in rungs:
         seen = [i for i, r in enumerate(records) if r["event"] == "observation" and r["size"] == size]
         judged = [
