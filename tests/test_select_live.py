@@ -28,7 +28,7 @@ def live(zoo_dir, tmp_path_factory):
         "data": {"max_length": 32, "eval_size": 64},
         "probe": {"zero_stage": 2, "micro_batch": 8, "lr": 0.001, "epochs": 2, "ntk_examples": 4},
         "resources": {"workers": 1, "cpus_per_worker": 0.9},
-        "output": str(out),  # synchronous rungs, the default: every probe paused at 64 until all are
+        "output": str(out),  # rungs synchronous (the default): each probe waits at 64 for the others
     })
     return cfg, run_select(cfg, quiet=True), out / "live"
 
