@@ -170,9 +170,9 @@ class StoppingRule:
         `names`: the last to report may not be paused yet, but it is a rival of the others."""
         undecided = [n for n in names if self.curves[n].rung_decided < self.curves[n].sizes[-1]]
         if undecided:
-            rung = {self.curves[n].sizes[-1] for n in undecided}
+            rung, chosen = {self.curves[n].sizes[-1] for n in undecided}, set(undecided)
             waiting = [n for n, c in self.curves.items() if c.status == Status.RUNNING and c.sizes
-                       and c.sizes[-1] in rung and c.rung_decided < c.sizes[-1] and n not in undecided]
+                       and c.sizes[-1] in rung and c.rung_decided < c.sizes[-1] and n not in chosen]
             for name in undecided + waiting:
                 self._refit(name, self.curves[name])
         return {name: self._record(name, self.curves[name], rung_complete=True, refit=False) for name in undecided}
