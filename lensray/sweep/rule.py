@@ -171,8 +171,8 @@ class StoppingRule:
         undecided = [n for n in names if self.curves[n].rung_decided < self.curves[n].sizes[-1]]
         if undecided:
             rung, chosen = {self.curves[n].sizes[-1] for n in undecided}, set(undecided)
-            waiting = [n for n, c in self.curves.items() if c.status == Status.RUNNING and c.sizes
-                       and c.sizes[-1] in rung and c.rung_decided < c.sizes[-1] and n not in chosen]
+            waiting = [n for n, c in self.curves.items()
+                       if n not in chosen and self.open_rung(n) and c.sizes[-1] in rung]
             for name in undecided + waiting:
                 self._refit(name, self.curves[name])
         return {name: self._record(name, self.curves[name], rung_complete=True, refit=False) for name in undecided}
